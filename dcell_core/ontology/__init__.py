@@ -1,0 +1,21 @@
+"""GO + gene annotations -> filtered, stratified, fingerprinted DCell hierarchy."""
+from dcell_core.ontology.annotations import Annotation, AnnotationFormatError, AnnotationSet, read_gaf, read_sgd_genbank
+from dcell_core.ontology.build import build_hierarchy, fingerprint, load_hierarchy, resolve_path
+from dcell_core.ontology.config import OntologyConfig
+from dcell_core.ontology.filters import EmptyHierarchyError
+from dcell_core.ontology.hierarchy import Hierarchy, HierarchyError, paper_width
+from dcell_core.ontology.obo import GoGraph, OboFormatError, load_go
+
+__all__ = [
+    "Annotation", "AnnotationFormatError", "AnnotationSet", "EmptyHierarchyError", "GoGraph", "Hierarchy",
+    "HierarchyError", "OboFormatError", "OntologyConfig", "build_hierarchy", "fingerprint", "load_go",
+    "load_hierarchy", "load_named", "paper_width", "read_gaf", "read_sgd_genbank", "resolve_path",
+]
+
+
+def load_named(name: str, overrides: tuple[str, ...] = ()) -> Hierarchy:
+    """The hierarchy of data config `name` (e.g. 'yeast_dna_repair'), through the on-disk cache."""
+    from dcell_core.config import cache_dir, compose, ontology_config
+
+    cfg = compose([f"data={name}", *overrides])
+    return load_hierarchy(ontology_config(cfg), cache_dir(cfg), cfg.base_dir)

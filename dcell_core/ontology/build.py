@@ -1,0 +1,167 @@
+"""From an OntologyConfig to a validated Hierarchy: fingerprint, on-disk cache, GO + annotations + filters."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from functools import partial
+from importlib import resources
+from pathlib import Path
+
+from dcell_core.ontology.annotations import AnnotationSet, file_sha256, read_gaf, read_sgd_genbank
+from dcell_core.ontology.cache import atomic_write_bytes, hierarchy_cache_path
+from dcell_core.ontology.config import SYNTHETIC_ROOT, OntologyConfig
+from dcell_core.ontology.filters import (FilterState, apply_filters, containment_filter, date_filter,
+                                         evidence_filter, redundancy_filter, transitive_reduction)
+from dcell_core.ontology.hierarchy import Hierarchy
+from dcell_core.ontology.obo import GoGraph, load_go
+
+BUILDER_VERSION = 1  # bump when the build logic changes what a fingerprint produces
+SNAPSHOT_PREFIX = "snapshot:"
+
+
+def resolve_path(spec: str, base_dir: str | Path | None = None) -> Path:
+    """'snapshot:NAME' -> the embedded snapshot file; a relative path is taken from base_dir (default: cwd)."""
+    if spec.startswith(SNAPSHOT_PREFIX):
+        return Path(str(resources.files("dcell_core") / "resources" / "yeast" / spec[len(SNAPSHOT_PREFIX):]))
+    p = Path(spec).expanduser()
+    return p if p.is_absolute() else Path(base_dir or Path.cwd()) / p
+
+
+def fingerprint(cfg: OntologyConfig, base_dir: str | Path | None = None,
+                gene_universe: frozenset[str] | None = None) -> tuple[str, dict]:
+    """Hash of (OBO content and data-version, annotation source and content, settings and filter order)."""
+    cfg.validate()
+    obo, ann = resolve_path(cfg.obo, base_dir), resolve_path(cfg.annotations, base_dir)
+    for label, spec, p in (("obo", cfg.obo, obo), ("annotations", cfg.annotations, ann)):
+        if not p.exists():
+            raise FileNotFoundError(f"{label} file not found: {p} (config value {label}={spec!r})")
+    if cfg.containment_genes == "dataset" and gene_universe is None:
+        raise ValueError("containment_genes='dataset' needs the dataset's disrupted genes (gene_universe)")
+    key = {
+        "builder_version": BUILDER_VERSION,
+        "obo_sha256": file_sha256([obo]),
+        "obo_data_version": _obo_data_version(obo),
+        "annotations_sha256": file_sha256([ann]),
+        **cfg.fingerprint_fields(),
+        "gene_universe_sha256": (hashlib.sha256("\n".join(sorted(gene_universe)).encode()).hexdigest()
+                                 if cfg.containment_genes == "dataset" else None),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, key
+
+
+def _obo_data_version(path: Path) -> str:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("data-version:"):
+                return line.split(":", 1)[1].strip()
+            if line.startswith("["):
+                break
+    return ""
+
+
+def load_hierarchy(cfg: OntologyConfig, cache_dir: str | Path | None = None, base_dir: str | Path | None = None,
+                   gene_universe: frozenset[str] | None = None) -> Hierarchy:
+    """The hierarchy for cfg: from the cache when its fingerprint is there, else built and cached atomically."""
+    fp, key = fingerprint(cfg, base_dir, gene_universe)
+    cached = hierarchy_cache_path(cache_dir, fp) if cache_dir is not None else None
+    if cached is not None and cached.exists():
+        return Hierarchy.from_json(cached.read_text())
+    hierarchy = build_hierarchy(cfg, base_dir, gene_universe, fingerprint_key=(fp, key))
+    if cached is not None:
+        atomic_write_bytes(cached, hierarchy.to_json().encode())
+    return hierarchy
+
+
+def read_annotations(cfg: OntologyConfig, base_dir: str | Path | None = None) -> AnnotationSet:
+    path = resolve_path(cfg.annotations, base_dir)
+    if cfg.annotation_source == "gaf":
+        return read_gaf(path, cfg.gaf_gene_field)
+    return read_sgd_genbank(path)
+
+
+def build_hierarchy(cfg: OntologyConfig, base_dir: str | Path | None = None,
+                    gene_universe: frozenset[str] | None = None,
+                    fingerprint_key: tuple[str, dict] | None = None) -> Hierarchy:
+    fp, key = fingerprint_key or fingerprint(cfg, base_dir, gene_universe)
+    go = load_go(resolve_path(cfg.obo, base_dir), tuple(cfg.relations))
+    annotations = read_annotations(cfg, base_dir)
+    state, scope_stats = initial_state(go, annotations, cfg)
+    steps = {
+        "date": partial(date_filter, date_cutoff=cfg.date_cutoff),
+        "evidence": partial(evidence_filter, exclude_evidence=list(cfg.exclude_evidence)),
+        "containment": partial(containment_filter, min_genes=cfg.min_genes,
+                               genes=set(gene_universe) if cfg.containment_genes == "dataset" else None),
+        "redundancy": redundancy_filter,
+        "transitive_reduction": transitive_reduction,
+    }
+    log = apply_filters(state, [(name, steps[name]) for name in cfg.filter_order])
+    names = {**go.names, SYNTHETIC_ROOT: "root (above the GO namespace roots)"}
+    provenance = {
+        "fingerprint": fp,
+        "fingerprint_key": key,
+        "config": asdict(cfg),
+        "go": {"path": go.path, "data_version": go.data_version, "sha256": go.sha256},
+        "annotations": {"source": annotations.source, "version": annotations.version,
+                        "sha256": annotations.sha256, **annotations.stats},
+        "scope": scope_stats,
+        "filter_log": log,
+    }
+    return Hierarchy.from_mappings(
+        children=state.children,
+        direct_genes={t: {g for g, _, _ in recs} for t, recs in state.records.items()},
+        names={t: names[t] for t in state.children},
+        provenance=provenance,
+    )
+
+
+def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig) -> tuple[FilterState, dict]:
+    """The term graph in scope (a GO term's descendants, or the namespaces under a synthetic root) with the
+    annotation records resolved to live terms; obsolete and unknown GO ids are counted, not kept."""
+    children = go.children()
+    if cfg.root is not None:
+        root = go.resolve(cfg.root)
+        if root is None:
+            raise ValueError(f"root {cfg.root} is not a live term of {go.path} (data-version {go.data_version})")
+        scope = _descendants(root, children)
+    else:
+        root = SYNTHETIC_ROOT
+        scope = {t for t, ns in go.namespaces.items() if ns in set(cfg.namespaces)}
+    state_children = {t: {c for c in children[t] if c in scope} for t in scope}
+    state_parents = {t: {p for p in go.parents[t] if p in scope} for t in scope}
+    if cfg.root is None:
+        tops = sorted(t for t in scope if not state_parents[t])
+        state_children[root] = set(tops)
+        state_parents[root] = set()
+        for t in tops:
+            state_parents[t].add(root)
+    records: dict[str, set] = {t: set() for t in state_children}
+    counts = {"annotation_records": len(annotations.records), "obsolete_go_id": 0, "unknown_go_id": 0,
+              "outside_scope": 0, "alt_id_resolved": 0}
+    unknown_ids: set[str] = set()
+    for rec in annotations.records:
+        term = go.resolve(rec.go_id)
+        if term is None:
+            key = "obsolete_go_id" if rec.go_id in go.obsolete else "unknown_go_id"
+            counts[key] += 1
+            if key == "unknown_go_id":
+                unknown_ids.add(rec.go_id)
+            continue
+        counts["alt_id_resolved"] += term != rec.go_id
+        if term not in records:
+            counts["outside_scope"] += 1
+            continue
+        records[term].add((rec.gene, rec.evidence, rec.date))
+    counts["unknown_go_ids"] = sorted(unknown_ids)[:20]
+    return FilterState(state_children, state_parents, records, root, annotations.has_dates), counts
+
+
+def _descendants(root: str, children: dict[str, set[str]]) -> set[str]:
+    seen, stack = {root}, [root]
+    while stack:
+        for c in children[stack.pop()]:
+            if c not in seen:
+                seen.add(c)
+                stack.append(c)
+    return seen

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create .venv/ in the repo root and install the project with its test tools. Idempotent: a second run with
+# an unchanged pyproject.toml only checks the stamp.
+#
+# torch: without an NVIDIA GPU the CPU build torch==2.13.0+cpu is installed (from a local wheel folder or
+# index when pip is configured with one, else from the PyTorch CPU index), so no CUDA wheel is ever pulled.
+# With a GPU (nvidia-smi works) the default PyPI build torch==2.13.0 with its CUDA libraries is installed.
+# Force either with DCELL_TORCH=cpu|cuda.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+stamp="$VENV/.dcell-installed"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+mode=${DCELL_TORCH:-auto}
+if [ "$mode" = auto ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then mode=cuda; else mode=cpu; fi
+fi
+have=$("$VENV/bin/python" -c "import torch; print(torch.__version__)" 2>/dev/null || true)
+if [ "$mode" = cpu ]; then
+    if [ "$have" != "2.13.0+cpu" ]; then
+        if ! $PIP install "torch==2.13.0+cpu"; then
+            echo "torch 2.13.0+cpu not found in the configured indexes; trying the PyTorch CPU index" >&2
+            $PIP install "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu \
+                --extra-index-url https://pypi.org/simple
+        fi
+    fi
+else
+    if [ "$have" != "2.13.0" ]; then $PIP install "torch==2.13.0"; fi
+fi
+$PIP install -e ".[dev]"
+"$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+echo "$want" > "$stamp"
