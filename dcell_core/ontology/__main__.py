@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return fail_usage(str(e))
     start = time.perf_counter()
-    hierarchy = load_hierarchy(onto, None if args.no_cache else cache_dir(cfg), cfg.base_dir)
+    try:
+        hierarchy = load_hierarchy(onto, None if args.no_cache else cache_dir(cfg), cfg.base_dir)
+    except (FileNotFoundError, ValueError) as e:  # bad input files or settings: one message, exit 2
+        return fail_usage(str(e))
     seconds = time.perf_counter() - start
     summary = {"data": cfg.data.name, **hierarchy.summary(args.width_basis), "seconds": round(seconds, 3),
                "go_data_version": hierarchy.provenance["go"]["data_version"],

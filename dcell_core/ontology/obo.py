@@ -49,8 +49,11 @@ class GoGraph:
 
 
 def check_obo_lines(path: Path) -> None:
-    """Reject lines goatools would misread: inside a stanza every line is 'tag: value'; ids are GO ids."""
+    """Reject what goatools would misread or fail on without a location: inside a stanza every line is
+    'tag: value'; ids are GO ids; every is_a / relationship target is defined in the file."""
     in_term = False
+    defined: set[str] = set()
+    references: list[tuple[int, str]] = []
     with open(path, encoding="utf-8") as f:
         for line_no, raw in enumerate(f, 1):
             line = raw.rstrip("\n\r")
@@ -67,10 +70,18 @@ def check_obo_lines(path: Path) -> None:
                 value = line.split(":", 1)[1].split("!")[0].strip()
                 if not re.fullmatch(r"GO:\d{7}", value):
                     raise OboFormatError(path, line_no, f"{line.split(':')[0]} is not a GO id", value)
+                if line.startswith("is_a:"):
+                    references.append((line_no, value))
+                else:
+                    defined.add(value)
             if in_term and line.startswith("relationship:"):
                 parts = line.split(":", 1)[1].split("!")[0].split()
                 if len(parts) != 2 or not re.fullmatch(r"GO:\d{7}", parts[1]):
                     raise OboFormatError(path, line_no, "relationship is not '<type> GO:nnnnnnn'", line)
+                references.append((line_no, parts[1]))
+    for line_no, target in references:
+        if target not in defined:
+            raise OboFormatError(path, line_no, "reference to a term the file does not define", target)
 
 
 def load_go(path: str | Path, relations: tuple[str, ...] = KNOWN_RELATIONS) -> GoGraph:

@@ -1,0 +1,59 @@
+"""The command-line entry points, run as a user runs them: subprocesses from the repo root."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED = json.loads((REPO / "tests" / "expectations" / "snapshot.json").read_text())
+
+
+def run(args, env, **kw):
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_ontology_cli_json(subprocess_env):
+    r = run(["-m", "dcell_core.ontology", "data=yeast_dna_repair", "--json"], subprocess_env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"terms", "genes", "strata", "parameters", "fingerprint"} <= set(out)
+    exp = EXPECTED["yeast_dna_repair"]
+    assert (out["terms"], out["genes"], out["strata"], out["fingerprint"]) == \
+        (exp["terms"], exp["genes"], exp["strata"], exp["fingerprint"])
+    assert sum(out["strata"]) == out["terms"]
+
+
+def test_ontology_cli_text_and_override(subprocess_env):
+    r = run(["-m", "dcell_core.ontology", "data=yeast_dna_repair", "data.ontology.min_genes=20"], subprocess_env)
+    assert r.returncode == 0, r.stderr
+    terms = int(next(line.split()[1] for line in r.stdout.splitlines() if line.startswith("terms")))
+    assert terms < EXPECTED["yeast_dna_repair"]["terms"]
+    assert "fingerprint" in r.stdout and EXPECTED["yeast_dna_repair"]["fingerprint"] not in r.stdout
+
+
+def test_ontology_cli_misuse_exits_2(subprocess_env):
+    r = run(["-m", "dcell_core.ontology", "data.ontology.min_gene=3"], subprocess_env)
+    assert r.returncode == 2 and "data.ontology.min_gene" in r.stderr
+    r = run(["-m", "dcell_core.ontology", "data.ontology.min_genes=abc"], subprocess_env)
+    assert r.returncode == 2 and "'abc'" in r.stderr and "min_genes" in r.stderr
+    r = run(["-m", "dcell_core.ontology", "data.ontology.filter_order=[evidence,bogus]"], subprocess_env)
+    assert r.returncode == 2 and "bogus" in r.stderr
+    r = run(["-m", "dcell_core.ontology", "data.ontology.obo=/no/such.obo"], subprocess_env)
+    assert r.returncode == 2 and "/no/such.obo" in r.stderr
+
+
+def test_platform_module_runs_with_stdlib_shim(subprocess_env):
+    """`python -m platform.doctor` from the repo root: our package shadows the standard `platform`, yet torch,
+    ray and mlflow import and the standard API answers."""
+    r = run(["-m", "platform.doctor", "--json"], subprocess_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    import platform as std_platform
+
+    assert info["os"].startswith(std_platform.system())
+    assert info["torch"].startswith("2.13.0") and info["ray"] and info["mlflow"]
+    r = run(["-c", "import platform, sys; print(platform.__file__); print(platform.python_version())"],
+            subprocess_env)
+    assert r.returncode == 0 and r.stdout.split()[1] == std_platform.python_version()
