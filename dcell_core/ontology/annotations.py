@@ -7,11 +7,12 @@ have the function) and counted in `stats`.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
+
+from dcell_core.fileio import file_sha256
 
 GO_ID = re.compile(r"^GO:\d{7}$")
 GAF_ASPECTS = {"P", "F", "C"}
@@ -44,15 +45,6 @@ class AnnotationSet:
     sha256: str  # of the file bytes as read, for the fingerprint
     has_dates: bool
     stats: dict = field(default_factory=dict)  # counts of lines read and excluded, by reason
-
-
-def file_sha256(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _open_text(path: Path):

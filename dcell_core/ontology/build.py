@@ -8,7 +8,8 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 
-from dcell_core.ontology.annotations import AnnotationSet, file_sha256, read_gaf, read_sgd_genbank
+from dcell_core.fileio import file_sha256
+from dcell_core.ontology.annotations import AnnotationSet, read_gaf, read_sgd_genbank
 from dcell_core.ontology.cache import atomic_write_bytes, hierarchy_cache_path
 from dcell_core.ontology.config import SYNTHETIC_ROOT, OntologyConfig
 from dcell_core.ontology.filters import (FilterState, apply_filters, containment_filter, date_filter,

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcell_core.ontology.annotations import file_sha256
+from dcell_core.fileio import file_sha256
 
 TAG_LINE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*:")
 KNOWN_RELATIONS = ("is_a", "part_of")
