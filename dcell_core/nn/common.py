@@ -1,0 +1,81 @@
+"""Pieces shared by the per-term oracle and the stratum-parallel model: term sizes, output type, activations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from dcell_core.nn.config import ModelConfig
+from dcell_core.ontology.hierarchy import Hierarchy
+
+
+class DCellOutput(NamedTuple):
+    prediction: torch.Tensor  # [B] root head
+    aux: torch.Tensor  # [B, T-1] auxiliary heads of the non-root terms, in term index order
+    # [B, sum L_t] every term's output O_t, in term index order (columns term_offsets[t]:term_offsets[t+1]);
+    # only with forward(x, return_states=True), else None.
+    states: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class TermSizes:
+    """Plain-int description of the network a hierarchy and a config define (what the modules are built from)."""
+    children: tuple[tuple[int, ...], ...]  # child term indices per term
+    direct_genes: tuple[tuple[int, ...], ...]  # gene indices per term (input order of the gene features)
+    num_genes: int
+    widths: tuple[int, ...]  # L_t
+    token_dim: int  # features per (term, gene) input
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.widths)
+
+    def fan_in(self, t: int) -> int:
+        """Inputs of term t's first linear layer: child outputs first (child order), then gene features."""
+        return sum(self.widths[c] for c in self.children[t]) + len(self.direct_genes[t]) * self.token_dim
+
+    def term_offsets(self) -> list[int]:
+        out = [0]
+        for w in self.widths:
+            out.append(out[-1] + w)
+        return out
+
+    def strata(self) -> list[int]:
+        """stratum(t) = 0 without children else 1 + max over children (children have smaller indices)."""
+        strata: list[int] = []
+        for t, kids in enumerate(self.children):
+            if any(c >= t for c in kids):
+                raise ValueError(f"term {t} has a child with index >= its own; terms must be in stratum order")
+            strata.append(1 + max((strata[c] for c in kids), default=-1))
+        return strata
+
+
+def term_sizes(hierarchy: Hierarchy, cfg: ModelConfig) -> TermSizes:
+    cfg.validate()
+    if hierarchy.root != hierarchy.num_terms - 1:
+        raise ValueError(f"the root must be the last term, found root index {hierarchy.root} of "
+                         f"{hierarchy.num_terms} terms")
+    return TermSizes(children=tuple(tuple(k) for k in hierarchy.children),
+                     direct_genes=tuple(tuple(g) for g in hierarchy.direct_genes),
+                     num_genes=hierarchy.num_genes,
+                     widths=tuple(hierarchy.widths(cfg.width_basis, cfg.width_ratio, cfg.min_width)),
+                     token_dim=cfg.token_dim)
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    table = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu, "selu": F.selu,
+             "leaky_relu": lambda h: F.leaky_relu(h, 0.01)}
+    if name not in table:
+        raise ValueError(f"activation: {name!r} not in {sorted(table)}")
+    return table[name]
+
+
+def check_genotypes(x: torch.Tensor, num_genes: int) -> None:
+    if x.dim() != 2 or x.shape[1] != num_genes:
+        raise ValueError(f"expected a dense genotype batch [B, {num_genes}], got shape {tuple(x.shape)}")
+
+
+NORM_EPS = 1e-5  # BatchNorm1d / LayerNorm default
+BN_MOMENTUM = 0.1  # BatchNorm1d default

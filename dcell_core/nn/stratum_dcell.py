@@ -1,0 +1,200 @@
+"""The stratum-parallel DCell: every stratum is one gather plus a few batched ops per shape bucket.
+
+Forward keeps all term outputs in one neuron-major activation buffer [rows, B] (layout in plan.py). Stratum s
+reads its whole input with one index_select (`_ReadStratum`), each of its buckets runs padded batched matmuls
+(`TermBucket`), and the bucket outputs are copied into the buffer for the strata above. No Python loop runs
+over terms or samples; the op count grows with strata and buckets.
+
+Backward of the buffer: instead of autograd re-materializing a [rows, B] gradient per stratum, every stratum's
+read adds its input gradient into one shared gradient buffer (index_add_) and hands the finished rows of the
+stratum below back to autograd. Stratum s-1 is read only by strata >= s, and autograd runs the reads top-down
+(read s needs stratum s's gradient, which needs read s+1), so when read s runs, every contribution to
+stratum s-1's rows is already in the buffer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from dcell_core.nn.buckets import TermBucket
+from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
+from dcell_core.nn.config import ModelConfig
+from dcell_core.nn.plan import build_plan
+
+
+class _BackwardState:
+    """Shared by the stratum reads of one forward pass: the gradient buffer [rows, B], built on first use."""
+
+    def __init__(self, num_rows: int):
+        self.num_rows = num_rows
+        self.grad_buf: torch.Tensor | None = None
+        self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
+
+
+class _ReadStratum(torch.autograd.Function):
+    """Gather every bucket input of one stratum from the activation buffer: one [n * f_max, B] tensor per bucket."""
+
+    @staticmethod
+    def forward(ctx, buf, gathers, state, stratum, spans, *sources):
+        # `sources` (the tensors stored in the rows `spans`) are inputs only so that autograd routes their
+        # gradients through here; their values are already in `buf`.
+        ctx.gathers, ctx.state, ctx.stratum, ctx.spans = gathers, state, stratum, spans
+        ctx.set_materialize_grads(False)  # a bucket whose input gets no gradient adds nothing
+        return tuple(buf.index_select(0, index) for index in gathers)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        state = ctx.state
+        for index, grad in zip(ctx.gathers, grads):
+            if grad is None:
+                continue
+            if state.grad_buf is None:
+                state.grad_buf = grad.new_zeros(state.num_rows, grad.shape[1])
+            state.grad_buf.index_add_(0, index, grad)
+        grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
+        out = tuple(grad_buf[a:b].view(shape) if need and grad_buf is not None else None
+                    for (a, b, shape), need in zip(ctx.spans, ctx.needs_input_grad[5:]))
+        if ctx.stratum == state.last_reader:
+            state.grad_buf = None
+        return (None, None, None, None, None) + out
+
+
+class Stratum(nn.Module):
+    def __init__(self, gathers: list[torch.Tensor], buckets: list[TermBucket]):
+        super().__init__()
+        for k, gather in enumerate(gathers):  # [n_k * f_max_k] buffer rows of bucket k's inputs
+            self.register_buffer(f"gather_{k}", gather, persistent=False)
+        self.buckets = nn.ModuleList(buckets)
+
+    def gathers(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f"gather_{k}") for k in range(len(self.buckets)))
+
+
+class StratumDCell(nn.Module):
+    def __init__(self, sizes: TermSizes, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.sizes, self.cfg = sizes, cfg
+        self.plan = plan = build_plan(sizes, cfg.subsystem_layers, cfg.num_attention_heads > 0,
+                                      cfg.bucket_overhead)
+        act = activation_fn(cfg.activation)
+        strata = []
+        for buckets in plan.strata:
+            mods = [TermBucket([sizes.widths[t] for t in b.terms], [sizes.fan_in(t) for t in b.terms], b.width,
+                               b.fan_in, b.row_offset, cfg.subsystem_layers, cfg.norm_type, cfg.norm_order, act)
+                    for b in buckets]
+            strata.append(Stratum([torch.from_numpy(b.gather) for b in buckets], mods))
+        self.strata = nn.ModuleList(strata)
+        self.strata_start = plan.strata[0][0].row_offset
+        self.register_buffer("head_order", torch.from_numpy(plan.head_order), persistent=False)  # [T]
+        self.register_buffer("state_rows", torch.from_numpy(plan.state_rows - self.strata_start), persistent=False)
+        d, heads = cfg.learnable_embedding_dim, cfg.num_attention_heads
+        self.embedding = nn.Parameter(torch.empty(sizes.num_genes, d)) if d > 0 else None  # [G, d]
+        self.token_proj = nn.Linear(1, cfg.token_dim) if heads > 0 and d == 0 else None
+        # parameters only (same names as the oracle's); the batched masked computation is `_attend`
+        self.attention = nn.MultiheadAttention(cfg.token_dim, heads, batch_first=True) if heads > 0 else None
+        for a, ap in enumerate(plan.attention):
+            self.register_buffer(f"attn_genes_{a}", torch.from_numpy(ap.genes), persistent=False)  # [n, g_max]
+            self.register_buffer(f"attn_valid_{a}", torch.from_numpy(ap.valid), persistent=False)  # [n, g_max]
+        if cfg.norm_type == "batch":
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        r = self.cfg.init_range
+        for bucket in self.buckets():
+            bucket.reset_parameters(r)
+        if self.embedding is not None:
+            nn.init.uniform_(self.embedding, -1.0, 1.0)
+        for mod in (self.token_proj, self.attention):
+            if mod is not None:
+                for p in mod.parameters():
+                    nn.init.uniform_(p, -r, r)
+
+    def buckets(self) -> list[TermBucket]:
+        return [b for s in self.strata for b in s.buckets]
+
+    def decay_weights(self) -> list[torch.Tensor]:
+        """Weight matrices under the L2 penalty (padded entries are zero, so they add nothing)."""
+        out = [w for b in self.buckets() for w in b.weights] + [b.head_weight for b in self.buckets()]
+        if self.token_proj is not None:
+            out.append(self.token_proj.weight)
+        if self.attention is not None:
+            out += [self.attention.in_proj_weight, self.attention.out_proj.weight]
+        return out
+
+    def padding_violations(self) -> list[str]:
+        """Names of bucket parameters with a non-zero padded entry (must be empty)."""
+        return [f"strata.{s}.buckets.{k}.{name}" for s, st in enumerate(self.strata)
+                for k, b in enumerate(st.buckets) for name in b.padding_violations()]
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, return_states: bool = False) -> DCellOutput:
+        check_genotypes(x, self.sizes.num_genes)
+        B = x.shape[0]
+        buf = x.new_empty(self.plan.num_rows, B)  # every row but row 0 is written before it is read
+        buf[0].zero_()
+        sources, spans = self._gene_region(x)
+        state = _BackwardState(self.plan.num_rows)
+        readers = []
+        heads, outs = [], []
+        with torch.no_grad():
+            for src, (a, b, _) in zip(sources, spans):
+                buf[a:b].copy_(src.reshape(b - a, B))
+        for s, stratum in enumerate(self.strata):
+            if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+                readers.append(s)
+            inputs = _ReadStratum.apply(buf, stratum.gathers(), state, s, spans, *sources)
+            sources, spans = [], []
+            for bucket, inp in zip(stratum.buckets, inputs):
+                out, head = bucket(inp.view(bucket.n, bucket.f_max, B))
+                a, b = bucket.row_offset, bucket.row_offset + bucket.n * bucket.w_max
+                with torch.no_grad():
+                    buf[a:b].copy_(out.view(b - a, B))
+                sources.append(out)
+                spans.append((a, b, out.shape))
+                heads.append(head)  # [n, 1, B]
+                outs.append(out)
+        state.last_reader = min(readers, default=-1)
+        if self.training and self.cfg.norm_type == "batch":
+            self.num_batches_tracked += 1
+        all_heads = torch.cat(heads).view(-1, B).index_select(0, self.head_order).t()  # [B, T] term order
+        states = None
+        if return_states:
+            states = torch.cat([o.reshape(-1, B) for o in outs]).index_select(0, self.state_rows).t()
+        return DCellOutput(all_heads[:, -1], all_heads[:, :-1], states)
+
+    def _gene_region(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple]]:
+        """The gene-region tensors and their (row start, row stop, shape) in the buffer."""
+        start = self.plan.gene_rows[0]
+        B = x.shape[0]
+        if self.attention is None:
+            if self.embedding is None:
+                region = x.t()  # [G, B]
+            else:  # [G, d, B]: d-vector of each intact gene, zero where disrupted
+                region = self.embedding.unsqueeze(-1) * (1.0 - x).t().unsqueeze(1)
+            return [region], [(start, start + region.numel() // B, region.shape)]
+        tokens = (self.embedding.unsqueeze(0) * (1.0 - x).unsqueeze(-1) if self.embedding is not None
+                  else self.token_proj(x.unsqueeze(-1)))  # [B, G, E]
+        sources, spans = [], []
+        for a, ap in enumerate(self.plan.attention):
+            block = self._attend(tokens, getattr(self, f"attn_genes_{a}"), getattr(self, f"attn_valid_{a}"))
+            sources.append(block)
+            spans.append((ap.row_offset, ap.row_offset + block.shape[0], block.shape))
+        return sources, spans
+
+    def _attend(self, tokens: torch.Tensor, genes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Residual masked self-attention within each term's gene tokens -> [n * g_max * E, B] buffer block."""
+        B, E = tokens.shape[0], tokens.shape[2]
+        n, g = genes.shape
+        h = self.cfg.num_attention_heads
+        attn = self.attention
+        tok = tokens.index_select(1, genes.reshape(-1)).view(B, n, g, E)
+        q, k, v = F.linear(tok, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # [B, n, g, E] each
+        q, k, v = (z.reshape(B, n, g, h, E // h).transpose(2, 3) for z in (q, k, v))  # [B, n, h, g, E/h]
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=valid.view(n, 1, 1, g))  # padded keys off
+        mixed = F.linear(mixed.transpose(2, 3).reshape(B, n, g, E), attn.out_proj.weight, attn.out_proj.bias)
+        return (tok + mixed).permute(1, 2, 3, 0).reshape(n * g * E, B)
