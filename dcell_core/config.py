@@ -1,4 +1,4 @@
-"""The Hydra config tree (data / model / train groups under dcell_core/conf) and its typed schema.
+"""The Hydra config tree (data / model / loss / train groups under dcell_core/conf) and its typed schema.
 
 The schema dataclasses are registered in Hydra's ConfigStore, so composing with a mistyped or unknown key fails
 (struct mode), and `compose()` returns one resolved DictConfig: what gets logged, checkpointed and promoted.
@@ -13,7 +13,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from dcell_core.genotypes.config import GenotypeConfig
+from dcell_core.nn.config import LossConfig, ModelConfig
 from dcell_core.ontology.config import OntologyConfig
+from dcell_core.train.config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -29,6 +31,9 @@ class DataConfig:
 @dataclass
 class DCellConfig:
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     # Built hierarchies and datasets are cached here under their fingerprints.
     cache_dir: str = "${oc.env:DCELL_CACHE_DIR,'~/.cache/dcell'}"
     # Relative data paths in the config are resolved against this directory (null = the working directory).

@@ -1,0 +1,230 @@
+"""One training run: `train(cfg, report)` drives a DCell on a composed config, locally or inside a Ray trial.
+
+The caller gets per-epoch metrics and the path of the epoch's checkpoint through `report`; nothing here knows
+about Ray or MLflow, so the search drives exactly this function.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dcell_core.data import RunData, load_run_data
+from dcell_core.fileio import atomic_write_bytes
+from dcell_core.genotypes import GenotypeBatcher
+from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, prediction_health
+from dcell_core.train.checkpoint import latest_checkpoint, load_checkpoint_files, save_checkpoint
+from dcell_core.train.config import TrainConfig
+from dcell_core.train.metrics import regression_metrics
+
+Report = Callable[[dict, Optional[Path]], None]
+# metric name (train/<name>) -> component of dcell_loss
+LOSS_METRICS = {"loss": "total", "root_mse": "root", "aux": "aux_sum", "aux_mean": "aux_mean",
+                "aux_weighted": "aux_weighted", "l2": "l2"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: the run stops at once (retrying would repeat it)."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    output_dir: Path
+    checkpoint: Optional[Path]
+    model: torch.nn.Module = field(repr=False)
+    data: RunData = field(repr=False)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.optimizer_weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.optimizer_weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.optimizer_weight_decay)
+
+
+def lr_factor(t: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr after `step` optimizer steps (warm-up, then the schedule); stepped per batch."""
+    total = t.epochs * steps_per_epoch
+    warmup = int(round(t.warmup_epochs * steps_per_epoch))
+    floor = t.lr_min / t.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if t.lr_schedule == "constant":
+            return 1.0
+        if t.lr_schedule == "step":
+            return t.lr_gamma ** ((step // steps_per_epoch) // t.lr_step_epochs)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batcher: GenotypeBatcher, rows: np.ndarray, batch_size: int,
+            device: torch.device, autocast: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Root predictions [N] and targets [N] over `rows`, in eval mode."""
+    model.eval()
+    preds, targets = [], []
+    for x, y in batcher.iterate(rows, batch_size, shuffle=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x.to(device, non_blocking=True))
+        preds.append(out.prediction.float().cpu())
+        targets.append(y.reshape(len(y), -1)[:, 0])
+    return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+def train(cfg: DictConfig, report: Report | None = None, output_dir: str | Path | None = None) -> TrainResult:
+    """Train the model of a composed config; `report(metrics, checkpoint_dir)` is called after every epoch.
+
+    Resumes from `train.resume_from` (a checkpoint directory, or a run directory: its latest checkpoint).
+    """
+    t: TrainConfig = OmegaConf.to_object(cfg.train)
+    t.validate()
+    m: ModelConfig = OmegaConf.to_object(cfg.model)
+    m.validate()
+    loss_cfg: LossConfig = OmegaConf.to_object(cfg.loss)
+    loss_cfg.validate()
+    out_dir = Path(output_dir or t.output_dir).expanduser().resolve()
+    ckpt_root = out_dir / "checkpoints"
+    device = pick_device(t.device)
+    autocast = t.bf16 and device.type == "cuda"
+    if t.bf16 and device.type != "cuda":
+        raise ValueError("train.bf16=true needs a CUDA device (bf16 autocast on CPU is not supported here)")
+    if t.num_threads > 0:
+        torch.set_num_threads(t.num_threads)
+    seed_everything(t.seed)
+
+    data = load_run_data(cfg)
+    batcher = GenotypeBatcher.from_dataset(data.dataset)
+    train_rows, val_rows = data.dataset.splits["train"], data.dataset.splits["val"]
+    model = build_dcell(data.hierarchy, m).to(device)
+    optimizer = make_optimizer(model, t)
+    steps_per_epoch = math.ceil(len(train_rows) / t.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, steps_per_epoch))
+
+    decay_weights = model.decay_weights() if loss_cfg.weight_decay > 0 else None
+    history: list[dict] = []
+    start_epoch = 1
+    init_diversity = None
+    resume = _resolve_resume(t.resume_from)
+    if resume is not None:
+        weights, state, _, meta = load_checkpoint_files(resume)
+        model.load_state_dict(weights, strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        history = meta["history"]
+        init_diversity = meta["init_diversity"]
+        start_epoch = meta["epoch"] + 1
+    else:
+        first, _ = predict(model, batcher, train_rows[: t.batch_size], t.batch_size, device, autocast)
+        init_diversity = float(first.std())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = None
+    for epoch in range(start_epoch, t.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        preds, targets = [], []
+        seen = 0
+        for step, (x, y) in enumerate(batcher.iterate(train_rows, t.batch_size, seed=t.seed, epoch=epoch)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                out = model(x)
+                loss, parts = dcell_loss(out, y, loss_cfg, decay_weights)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step + 1} "
+                                         f"(components: { {k: float(v) for k, v in parts.items()} })")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            for name, key in LOSS_METRICS.items():
+                sums[name] = sums.get(name, 0) + parts[key].detach().float() * len(y)
+            preds.append(out.prediction.detach().float())
+            targets.append(y.reshape(len(y), -1)[:, 0])
+            seen += len(y)
+        seconds = time.perf_counter() - started
+        train_fit = regression_metrics(torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy())
+        val_pred, val_target = predict(model, batcher, val_rows, t.eval_batch_size, device, autocast)
+        val_fit = regression_metrics(val_pred, val_target)
+        health = prediction_health(torch.from_numpy(val_pred), torch.from_numpy(val_target), t.collapse_ratio)
+        metrics = {
+            "epoch": epoch,
+            **{f"train/{k}": float(v) / seen for k, v in sums.items()},
+            "train/pearson": train_fit["pearson"],
+            **{f"val/{k}": v for k, v in val_fit.items()},
+            "val/pred_std": health["pred_std"],
+            "val/std_ratio": health["std_ratio"],
+            "val/collapse": health["collapsed"],
+            "init_diversity": init_diversity,
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_s": seen / seconds,
+            "epoch_s": seconds,
+        }
+        history.append(metrics)
+        _write_history(out_dir / "metrics.jsonl", history)
+        if t.plots:
+            from dcell_core.train.plots import history_plots, predictions_plot
+
+            predictions_plot(val_pred, val_target, f"validation, epoch {epoch}", out_dir / "plots" / "val_predictions.png")
+            history_plots(history, out_dir / "plots")
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        meta = {"history": history, "init_diversity": init_diversity, "fingerprint": data.hierarchy.fingerprint,
+                "genes": list(data.hierarchy.genes), "terms": list(data.hierarchy.terms)}
+        checkpoint = save_checkpoint(ckpt_root, epoch, model, state, cfg, meta, t.checkpoint_keep)
+        if report is not None:
+            report(metrics, checkpoint)
+    return TrainResult(history, out_dir, checkpoint or latest_checkpoint(ckpt_root), model, data)
+
+
+def _resolve_resume(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser().resolve()
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    if p.name == "checkpoints":
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise FileNotFoundError(f"train.resume_from={path}: no epoch_* checkpoint in {p}")
+        return latest
+    if not p.is_dir():
+        raise FileNotFoundError(f"train.resume_from={path}: {p} is not a checkpoint directory")
+    return p
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    """metrics.jsonl, one line per epoch, rewritten whole so a resumed run never repeats an epoch."""
+    atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in history).encode())
