@@ -1,0 +1,58 @@
+"""`python -m platform.search FILE [options] [hydra overrides ...]`: a Ray Tune search recorded in MLflow."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dcell_core.cli import USAGE_EXIT
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m platform.search",
+        description="Search DCell architecture choices: Ray Tune trials (Optuna TPE + ASHA by default) over a "
+                    "search-space file, every trial recorded as an MLflow child run of one parent run.")
+    ap.add_argument("file", type=Path, help="search-space YAML, e.g. search_spaces/norms.yaml")
+    ap.add_argument("overrides", nargs="*", help="extra fixed Hydra overrides for every trial (train.epochs=3 ...)")
+    ap.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
+    ap.add_argument("--max-concurrent", type=int, help="trials at once (default: the file's search.max_concurrent)")
+    ap.add_argument("--address", help="existing Ray cluster: auto or ray://host:10001 (default: local Ray)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in the project directory)")
+    ap.add_argument("--name", help="name of this search run (default: <search name>-<timestamp>); with --resume, "
+                                   "the search to continue")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted search (the latest one of this "
+                                                          "file, or --name)")
+    ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
+                    help="where mlflow.db, mlartifacts/ and ray_results/ live (default: the working directory)")
+    ap.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    if not args.file.is_file():
+        print(f"error: search-space file not found: {args.file}", file=sys.stderr)
+        return USAGE_EXIT
+    for flag in ("num_samples", "max_concurrent"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+            return USAGE_EXIT
+    from dcell_core.search.driver import SearchRequest, SearchUsageError, run_search
+    from dcell_core.search.tracking import TrackingUnavailable
+
+    req = SearchRequest(file=args.file, overrides=list(args.overrides), num_samples=args.num_samples,
+                        max_concurrent=args.max_concurrent, address=args.address, tracking_uri=args.tracking_uri,
+                        name=args.name, resume=args.resume, project_dir=args.project_dir,
+                        max_failures=args.max_failures)
+    try:
+        outcome = run_search(req)
+    except (SearchUsageError, TrackingUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    return 0 if outcome.complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

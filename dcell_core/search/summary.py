@@ -1,0 +1,138 @@
+"""End-of-search summary: the table of trials, parameter importances and a parallel-coordinates plot."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dcell_core.search import tracking
+
+
+def trials_table(client, experiment_id: str, parent_run_id: str, params: list[str], metric: str,
+                 mode: str) -> pd.DataFrame:
+    """One row per child run: status, stopped early, epochs, best and last metric, the sampled parameters."""
+    rows = []
+    for run in tracking.child_runs(client, experiment_id, parent_run_id):
+        history = client.get_metric_history(run.info.run_id, metric)
+        values = [m.value for m in history if not math.isnan(m.value)]
+        best = (max(values) if mode == "max" else min(values)) if values else float("nan")
+        epochs = client.get_metric_history(run.info.run_id, "epoch")
+        rows.append({
+            "trial_id": run.data.tags.get(tracking.TAG_TRIAL, ""),
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "stopped_early": run.data.tags.get(tracking.TAG_STOPPED) == "true",
+            "epochs": int(max((m.value for m in epochs), default=0)),
+            f"best {metric}": best,
+            **{p: run.data.params.get(p) for p in params},
+            "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+        })
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last")
+    return table.reset_index(drop=True)
+
+
+def print_table(table: pd.DataFrame, metric: str, top: int, stream) -> None:
+    shown = table.head(top).drop(columns=["run_id", "error"])
+    with pd.option_context("display.max_columns", 50, "display.width", 200, "display.max_colwidth", 40):
+        print(shown.to_string(index=False), file=stream)
+
+
+def _encoded(table: pd.DataFrame, params: list[str]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Parameters as numbers for plots and importances: numeric strings parsed, other values by their index
+    in sorted order (returned per parameter as its category labels)."""
+    out, categories = pd.DataFrame(index=table.index), {}
+    for p in params:
+        col = table[p].astype(str)
+        numeric = pd.to_numeric(col, errors="coerce")
+        if numeric.notna().all():
+            out[p] = numeric
+        else:
+            categories[p] = sorted(col.unique())
+            out[p] = col.map({c: i for i, c in enumerate(categories[p])}).astype(float)
+    return out, categories
+
+
+def importances(table: pd.DataFrame, params: list[str], metric: str) -> dict:
+    """fANOVA importances (Optuna's default evaluator) over the trials that have the metric.
+
+    Returns {"importances": {param: share}} or {"not_computed": reason}: with fewer than 3 scored trials or no
+    parameter that varies, importances mean nothing and are not made up.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    scored = table[table[f"best {metric}"].notna()]
+    varying = [p for p in params if scored[p].nunique() > 1]
+    if len(scored) < 3 or not varying:
+        return {"not_computed": f"{len(scored)} scored trials, {len(varying)} varying parameters (need 3 and 1)"}
+    encoded, _ = _encoded(scored, varying)
+    study = optuna.create_study(direction="maximize")
+    for i, row in scored.iterrows():
+        values = {p: encoded.loc[i, p] for p in varying}
+        dists = {p: FloatDistribution(float(encoded[p].min()), float(encoded[p].max())) for p in varying}
+        if any(d.low == d.high for d in dists.values()):
+            dists = {p: (d if d.low < d.high else CategoricalDistribution([d.low])) for p, d in dists.items()}
+        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists,
+                                                  value=float(row[f"best {metric}"])))
+    return {"importances": {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}}
+
+
+def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, path: Path) -> Path | None:
+    """Each scored trial a line through its (normalized) parameters to its metric, colored by the metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dcell_core.fileio import atomic_write_bytes
+
+    scored = table[table[f"best {metric}"].notna()]
+    if scored.empty or not params:
+        return None
+    enc, categories = _encoded(scored, params)
+    enc[metric] = scored[f"best {metric}"].astype(float)
+    span = (enc.max() - enc.min()).replace(0, 1.0)
+    norm = (enc - enc.min()) / span
+    fig, ax = plt.subplots(figsize=(1.6 * (len(params) + 1) + 2, 4))
+    cmap = plt.get_cmap("viridis")
+    for i in norm.index:
+        ax.plot(range(len(norm.columns)), norm.loc[i].values, color=cmap(float(norm.loc[i, metric])), alpha=0.8)
+    ax.set_xticks(range(len(norm.columns)))
+    ax.set_xticklabels([c.rsplit(".", 1)[-1] for c in norm.columns], rotation=20)
+    for j, col in enumerate(norm.columns):  # label each axis with its lowest and highest value
+        low, high = (categories[col][0], categories[col][-1]) if col in categories else (
+            f"{enc[col].min():.3g}", f"{enc[col].max():.3g}")
+        ax.annotate(high, (j, 1.02), ha="center", fontsize=7)
+        ax.annotate(low, (j, -0.08), ha="center", fontsize=7)
+    ax.set_yticks([])
+    ax.set_title(f"parameters vs best {metric} ({len(scored)} trials)")
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_parent_artifacts(client, parent_run_id: str, table: pd.DataFrame, params: list[str], metric: str,
+                           out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "summary.csv", index=False)
+    imp = importances(table, params, metric)
+    (out_dir / "importances.json").write_text(json.dumps(imp, indent=1))
+    plot = parallel_coordinates(table, params, metric, out_dir / "parallel_coordinates.png")
+    paths = [out_dir / "summary.csv", out_dir / "importances.json"] + ([plot] if plot else [])
+    tracking.log_artifacts(client, parent_run_id, paths, None)
+    counts = table["status"].value_counts().to_dict() if not table.empty else {}
+    scored = table[f"best {metric}"].dropna() if not table.empty else pd.Series(dtype=float)
+    summary = {"trials": len(table), "finished": int(counts.get("FINISHED", 0)),
+               "stopped_early": int(table["stopped_early"].sum()) if not table.empty else 0,
+               "failed": int(counts.get("FAILED", 0)),
+               f"best/{metric}": float(scored.iloc[0]) if len(scored) else float("nan")}
+    tracking.log_metrics(client, parent_run_id, summary, step=0)
+    return {**summary, **imp}

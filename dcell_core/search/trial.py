@@ -1,0 +1,105 @@
+"""The Ray Tune trainable: one trial = base config + fixed overrides + sampled overrides, trained by train().
+
+Runs inside Ray workers, so it lives in dcell_core (never in the repo's `platform` package) and uses only the
+`ray.tune` APIs (report, get_checkpoint, get_context, Checkpoint). It records itself in its MLflow child run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray import tune
+
+from dcell_core.search import tracking
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one search shares (passed with tune.with_parameters)."""
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    overrides: tuple[str, ...]  # fixed Hydra overrides of the search file plus the command line
+    search_seed: int
+    epochs: int  # train.epochs of the composed config (to tell a finished trial from a stopped one)
+    metric: str
+    mode: str
+    log_checkpoints: bool = True
+    tags: dict = field(default_factory=dict)
+
+
+def trial_seed(search_seed: int, sampled: dict) -> int:
+    """Reproducible seed of a trial: a hash of the search's seed and the trial's sampled values (Ray's trial ids
+    are random, so they would not give the same seed when the search is run again)."""
+    material = json.dumps([search_seed, sorted((k, repr(v)) for k, v in sampled.items())])
+    return int(hashlib.sha256(material.encode()).hexdigest()[:8], 16)
+
+
+def dcell_trial(config: dict, ctx: TrialContext) -> None:
+    """Train one sampled configuration; report per epoch to Tune (with the checkpoint) and to MLflow."""
+    from dcell_core.config import compose
+    from dcell_core.search.space import trial_overrides
+    from dcell_core.train.loop import NonFiniteLossError, train
+
+    tune_ctx = tune.get_context()
+    trial_id = tune_ctx.get_trial_id()
+    trial_dir = Path(tune_ctx.get_trial_dir())
+    client = tracking.MlflowClient(tracking_uri=ctx.tracking_uri)
+    sampled = dict(config)
+    run_id = tracking.start_child_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id,
+                                      tracking.run_name(sampled), sampled, ctx.tags)
+    overrides = [*ctx.overrides, *trial_overrides(sampled)]
+    if "train.seed" not in sampled:  # a searched seed is the trial's own; otherwise one per trial
+        overrides.append(f"train.seed={trial_seed(ctx.search_seed, sampled)}")
+    restored = _restore_checkpoint(trial_dir)
+    if restored is not None:
+        overrides.append(f"train.resume_from={restored}")
+    try:
+        cfg = compose(overrides)
+        run_dir = trial_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "resolved_config.yaml").write_text(_yaml(cfg))
+        client.log_artifact(run_id, str(run_dir / "resolved_config.yaml"))
+
+        def report(metrics: dict, checkpoint_dir: Path) -> None:
+            tracking.log_metrics(client, run_id, metrics, step=int(metrics["epoch"]))
+            tracking.log_artifacts(client, run_id, [run_dir / "plots"], "plots")
+            if ctx.log_checkpoints:
+                tracking.log_artifacts(client, run_id, [checkpoint_dir], "checkpoint")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+        train(cfg, report, output_dir=run_dir)
+    except NonFiniteLossError as e:
+        # Deterministic: a retry from the last checkpoint would hit it again. End the trial as FAILED now and
+        # give the scheduler and searcher a worst-case value instead of an error that would be retried.
+        tracking.set_tags(client, run_id, {tracking.TAG_ERROR: str(e), tracking.TAG_NONFINITE: "true"})
+        client.set_terminated(run_id, "FAILED")
+        tune.report({ctx.metric: float("nan"), "nonfinite_loss": 1.0})
+        return
+    except SystemExit:
+        raise  # Tune stopping the trial (a scheduler decision): the driver records it, see progress.py
+    except BaseException as e:
+        tracking.set_tags(client, run_id, {tracking.TAG_ERROR: f"{type(e).__name__}: {e}"})
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _restore_checkpoint(trial_dir: Path) -> Path | None:
+    """Copy Tune's latest checkpoint of this trial (after a retry or a resumed search) next to the trial."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    target = trial_dir / "restored_checkpoint"
+    if target.exists():
+        shutil.rmtree(target)
+    return Path(checkpoint.to_directory(str(target)))
+
+
+def _yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg)
