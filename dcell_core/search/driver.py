@@ -50,7 +50,7 @@ class SearchOutcome:
 
 
 def run_search(req: SearchRequest) -> SearchOutcome:
-    from dcell_core.search.space import SearchSpaceError, load_search_space
+    from dcell_core.search.space import SearchSpaceError, format_override_value, load_search_space
 
     out = req.stream
     project = req.project_dir.resolve()
@@ -77,7 +77,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     from dcell_core.config import compose
     from dcell_core.data import load_run_data
 
-    base_overrides = [*space.overrides, f"cache_dir={_cache_dir()}", f"base_dir={project}"]
+    base_overrides = [*space.overrides, f"cache_dir={format_override_value(_cache_dir())}",
+                      f"base_dir={format_override_value(str(project))}"]
     base_cfg = compose(base_overrides)
     data = load_run_data(base_cfg)  # builds the shared caches once, before trials race for them
     name = state["name"] if state else (req.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -101,7 +102,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
                                       "cli_overrides": overrides, "num_samples": num_samples,
                                       "max_concurrent": max_concurrent, "tracking_uri": tracking_uri,
                                       "experiment_id": exp_id, "parent_run_id": parent_run_id})
-        print(f"search {name}: {num_samples} trials of {space.name} ({req.file}), {max_concurrent} at a time; "
+        print(f"search {name}: {expected_trials(space, num_samples)} trials of {space.name} ({req.file}), {max_concurrent} at a time; "
               f"MLflow experiment {space.name}, parent run {parent_run_id}", file=out, flush=True)
         complete = _fit(req, space, storage, name, state is not None, tracking_uri, exp_id, parent_run_id,
                         base_overrides, int(base_cfg.train.epochs), num_samples, max_concurrent)
@@ -118,7 +119,7 @@ def _fit(req, space, storage: Path, name: str, resuming: bool, tracking_uri: str
 
     from dcell_core.search.progress import SearchProgress
     from dcell_core.search.space import make_scheduler, make_search_alg, to_tune_param_space
-    from dcell_core.search.trial import TrialContext, dcell_trial
+    from dcell_core.search.trial import TrialContext, dcell_trial, trial_dirname
 
     ctx = TrialContext(tracking_uri=tracking_uri, experiment_id=exp_id, parent_run_id=parent_run_id,
                        overrides=tuple(base_overrides), search_seed=space.search.seed, epochs=epochs,
@@ -126,8 +127,8 @@ def _fit(req, space, storage: Path, name: str, resuming: bool, tracking_uri: str
                        tags={"dcell.search": name})
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     trainable = tune.with_resources(tune.with_parameters(dcell_trial, ctx=ctx), resources)
-    progress = SearchProgress(tracking_uri, exp_id, parent_run_id, space.metric, space.mode, epochs, num_samples,
-                              stream=req.stream)
+    progress = SearchProgress(tracking_uri, exp_id, parent_run_id, space.metric, space.mode, epochs,
+                              expected_trials(space, num_samples), stream=req.stream)
     run_config = tune.RunConfig(
         name=name, storage_path=str(storage), verbose=0, callbacks=[progress],
         failure_config=tune.FailureConfig(max_failures=req.max_failures),
@@ -139,9 +140,20 @@ def _fit(req, space, storage: Path, name: str, resuming: bool, tracking_uri: str
     else:
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=make_search_alg(space, max_concurrent), scheduler=make_scheduler(space),
-            num_samples=num_samples))
+            num_samples=num_samples, trial_dirname_creator=trial_dirname))
     results = tuner.fit()
-    return results.num_terminated + results.num_errors == num_samples and len(results) == num_samples
+    total = expected_trials(space, num_samples)
+    return len(results) == total and results.num_terminated + results.num_errors == total
+
+
+def expected_trials(space, num_samples: int) -> int:
+    """Trials a search makes: num_samples, times the size of the grid when parameters are grids (Tune repeats
+    the whole grid num_samples times)."""
+    grid = 1
+    for p in space.parameters:
+        if p.kind == "grid":
+            grid *= len(p.values)
+    return grid * num_samples
 
 
 def _start_parent_run(client, exp_id, name, req, space, file_hash, base_cfg, data, overrides, num_samples,
@@ -166,6 +178,10 @@ def _start_parent_run(client, exp_id, name, req, space, file_hash, base_cfg, dat
 def _finish(client, exp_id, parent_run_id, space, exp_dir: Path, complete: bool, out) -> dict:
     from dcell_core.search.summary import print_table, trials_table, write_parent_artifacts
 
+    if not complete:
+        for run in tracking.child_runs(client, exp_id, parent_run_id):
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")  # set back to RUNNING when the trial resumes
     params = [p.key for p in space.parameters]
     table = trials_table(client, exp_id, parent_run_id, params, space.metric, space.mode)
     summary = write_parent_artifacts(client, parent_run_id, table, params, space.metric, exp_dir / "summary")
@@ -176,13 +192,7 @@ def _finish(client, exp_id, parent_run_id, space, exp_dir: Path, complete: bool,
               file=out)
     else:
         print(f"parameter importances not computed: {summary['not_computed']}", file=out)
-    if complete:
-        client.set_terminated(parent_run_id, "FINISHED")
-    else:
-        for run in tracking.child_runs(client, exp_id, parent_run_id):
-            if run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, "KILLED")  # set back to RUNNING when the trial resumes
-        client.set_terminated(parent_run_id, "KILLED")
+    client.set_terminated(parent_run_id, "FINISHED" if complete else "KILLED")
     return summary
 
 

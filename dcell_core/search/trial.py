@@ -41,7 +41,7 @@ def trial_seed(search_seed: int, sampled: dict) -> int:
 def dcell_trial(config: dict, ctx: TrialContext) -> None:
     """Train one sampled configuration; report per epoch to Tune (with the checkpoint) and to MLflow."""
     from dcell_core.config import compose
-    from dcell_core.search.space import trial_overrides
+    from dcell_core.search.space import format_override_value, trial_overrides
     from dcell_core.train.loop import NonFiniteLossError, train
 
     tune_ctx = tune.get_context()
@@ -56,7 +56,7 @@ def dcell_trial(config: dict, ctx: TrialContext) -> None:
         overrides.append(f"train.seed={trial_seed(ctx.search_seed, sampled)}")
     restored = _restore_checkpoint(trial_dir)
     if restored is not None:
-        overrides.append(f"train.resume_from={restored}")
+        overrides.append(f"train.resume_from={format_override_value(str(restored))}")
     try:
         cfg = compose(overrides)
         run_dir = trial_dir / "run"
@@ -64,8 +64,13 @@ def dcell_trial(config: dict, ctx: TrialContext) -> None:
         (run_dir / "resolved_config.yaml").write_text(_yaml(cfg))
         client.log_artifact(run_id, str(run_dir / "resolved_config.yaml"))
 
+        # Epochs this run already has in MLflow: after a resume from an earlier checkpoint they are recomputed
+        # (bit for bit, see tests/test_train.py) and must not be logged twice.
+        logged = {m.step for m in client.get_metric_history(run_id, "epoch")}
+
         def report(metrics: dict, checkpoint_dir: Path) -> None:
-            tracking.log_metrics(client, run_id, metrics, step=int(metrics["epoch"]))
+            if int(metrics["epoch"]) not in logged:
+                tracking.log_metrics(client, run_id, metrics, step=int(metrics["epoch"]))
             tracking.log_artifacts(client, run_id, [run_dir / "plots"], "plots")
             if ctx.log_checkpoints:
                 tracking.log_artifacts(client, run_id, [checkpoint_dir], "checkpoint")
@@ -86,6 +91,11 @@ def dcell_trial(config: dict, ctx: TrialContext) -> None:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directories (Ray's default embeds parameter values, '=' included, in the path)."""
+    return f"trial_{trial.trial_id}"
 
 
 def _restore_checkpoint(trial_dir: Path) -> Path | None:

@@ -1,0 +1,195 @@
+"""platform.search end to end: real local Ray, real MLflow (sqlite store and an `mlflow server` on 127.0.0.1).
+
+Each test runs the CLI as a user does (`python -m platform.search FILE --project-dir DIR`) on the DNA-repair
+sub-hierarchy with few simulated genotypes, then reads what MLflow recorded.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SMALL_DATA = ["data=yeast_dna_repair", "train.num_threads=1", "data.genotypes.num_doubles=1500",
+              "data.genotypes.num_triples=300", "train.batch_size=128"]
+
+
+def search_file(tmp_path: Path, name: str, epochs: int, parameters: dict, algorithm: str = "grid",
+                num_samples: int = 1, max_concurrent: int = 1, asha: bool = True) -> Path:
+    spec = {
+        "name": name, "description": "integration test search",
+        "overrides": [*SMALL_DATA, f"train.epochs={epochs}"],
+        "metric": "val/pearson", "mode": "max",
+        "search": {"algorithm": algorithm, "seed": 0, "num_samples": num_samples, "max_concurrent": max_concurrent},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2} if asha else {"type": "none"},
+        "resources": {"cpu": 1, "gpu": 0},
+        "parameters": parameters,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def env_for(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["DCELL_CACHE_DIR"] = str(tmp_path / "cache")
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def run_search(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "platform.search", *args, "--project-dir", str(tmp_path / "project")]
+    return subprocess.run(cmd, cwd=REPO, env=env_for(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(uri: str, experiment: str) -> tuple[list, list]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("dcell.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("dcell.kind") == "trial"]
+    return parents, children
+
+
+def steps(uri: str, run_id: str, key: str = "epoch") -> list[int]:
+    return [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
+
+
+def sqlite_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
+
+
+def test_statuses_asha_stop_failures_and_artifacts(tmp_path):
+    # Grid order (last key fastest), one trial at a time: (0.01, 6) trains 3 epochs; (0.01, 400) and
+    # (1e-6, 400) fail (no term keeps 400 genes); (1e-6, 6) is worse than the first trial at epoch 1, so ASHA
+    # stops it there.
+    f = search_file(tmp_path, "itest", 3, {"train.lr": {"grid": [0.01, 1.0e-6]},
+                                           "data.ontology.min_genes": {"grid": [6, 400]}})
+    r = run_search(tmp_path, str(f), "--max-failures", "0")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    uri = sqlite_uri(tmp_path)
+    parents, children = runs_of(uri, "itest")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    by_params = {(c.data.params["train.lr"], c.data.params["data.ontology.min_genes"]): c for c in children}
+    good, stopped = by_params[("0.01", "6")], by_params[("1e-06", "6")]
+    assert good.info.status == "FINISHED" and steps(uri, good.info.run_id) == [1, 2, 3]
+    assert len(steps(uri, good.info.run_id, "val/pearson")) == 3
+    assert stopped.info.status == "KILLED" and stopped.data.tags["dcell.stopped_early"] == "true"
+    assert steps(uri, stopped.info.run_id) == [1]
+    for key in [("0.01", "400"), ("1e-06", "400")]:
+        failed = by_params[key]
+        assert failed.info.status == "FAILED" and "min_genes=400" in failed.data.tags["dcell.error"]
+    client = MlflowClient(tracking_uri=uri)
+    top = {a.path for a in client.list_artifacts(good.info.run_id)}
+    assert {"plots", "checkpoint", "resolved_config.yaml"} <= top
+    assert "checkpoint/model.safetensors" in {a.path for a in client.list_artifacts(good.info.run_id, "checkpoint")}
+    assert "plots/val_predictions.png" in {a.path for a in client.list_artifacts(good.info.run_id, "plots")}
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "importances.json", "parallel_coordinates.png", "search_space.yaml"} <= parent_files
+    assert parent.data.tags["dcell.data_fingerprint"] and parent.data.tags["dcell.search_file_sha256"]
+    assert "1 stopped early" in r.stdout and "2 failed" in r.stdout and "MLflow UI:" in r.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+                            cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            break
+        except Exception:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not answer within 90 s")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_two_trials_on_mlflow_server_with_nan_trial(tmp_path, mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    f = search_file(tmp_path, "served", 2, {"loss.alpha": {"grid": [0.3, 1.0e38]}}, max_concurrent=2)
+    r = run_search(tmp_path, str(f), "--tracking-uri", mlflow_server)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    parents, children = runs_of(mlflow_server, "served")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+    by_alpha = {c.data.params["loss.alpha"]: c for c in children}
+    ok, nan = by_alpha["0.3"], by_alpha["1e+38"]  # alpha x aux loss overflows float32 at the first step
+    assert ok.info.status == "FINISHED" and steps(mlflow_server, ok.info.run_id) == [1, 2]
+    assert nan.info.status == "FAILED" and nan.data.tags["dcell.nonfinite_loss"] == "true"
+    assert "loss is" in nan.data.tags["dcell.error"] and steps(mlflow_server, nan.info.run_id) == []
+    client = MlflowClient(tracking_uri=mlflow_server)
+    assert "checkpoint/model.safetensors" in {a.path for a in client.list_artifacts(ok.info.run_id, "checkpoint")}
+    assert not (tmp_path / "project" / "mlflow.db").exists()  # everything went to the server
+
+
+def test_unreachable_tracking_store_fails_before_any_trial(tmp_path):
+    f = search_file(tmp_path, "nowhere", 2, {"loss.alpha": {"grid": [0.3]}})
+    r = run_search(tmp_path, str(f), "--tracking-uri", f"http://127.0.0.1:{free_port()}", timeout=120)
+    assert r.returncode == 2 and "not reachable" in r.stderr
+    assert not (tmp_path / "project" / "ray_results").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_resume_after_driver_killed(tmp_path, sig):
+    """Kill the driver while the first of two 6-epoch trials runs; --resume finishes both, nothing duplicated."""
+    f = search_file(tmp_path, f"resume{sig.name.lower()}", 6, {"train.lr": {"grid": [0.01, 0.005]}}, asha=False)
+    cmd = [sys.executable, "-m", "platform.search", str(f), "--project-dir", str(tmp_path / "project")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    uri = sqlite_uri(tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(1)
+        if proc.poll() is not None:
+            pytest.fail("search ended before it could be interrupted:\n" + proc.stdout.read()[-3000:])
+        if (tmp_path / "project" / "mlflow.db").exists():
+            try:
+                _, children = runs_of(uri, f"resume{sig.name.lower()}")
+            except Exception:  # the experiment may not exist yet
+                continue
+            if any(len(steps(uri, c.info.run_id)) >= 2 for c in children):
+                break
+    else:
+        pytest.fail("no trial reached epoch 2 in 300 s")
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+    if sig == signal.SIGKILL:  # the driver's local Ray processes lose their driver; end them as a crash would
+        os.killpg(proc.pid, signal.SIGKILL)
+    r = run_search(tmp_path, str(f), "--resume")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    parents, children = runs_of(uri, f"resume{sig.name.lower()}")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2, [c.data.tags for c in children]
+    for c in children:
+        assert (c.info.status, steps(uri, c.info.run_id)) == ("FINISHED", [1, 2, 3, 4, 5, 6]), r.stdout[-4000:]
