@@ -1,0 +1,216 @@
+"""`python -m benchmarks.model [--json] [--synthetic] [--threads N] [--repeats N]`: DCell training-step speed.
+
+For the whole yeast hierarchy (`load_named("yeast_go")`, or `--synthetic`: a random hierarchy of the same shape)
+and both width bases, at batch 32 and 256: one training step (zero_grad, forward, DCell loss, backward, AdamW
+step) of the per-term oracle and of the stratum-parallel model holding the same weights, in this process with
+the same thread count, interleaved and best of N repeats (the 2 cores are shared; the minimum is the least
+disturbed run). The dense floor is one [B, 4096] @ [4096, P/4096] matmul forward + backward (input and weight
+requiring grad) with P = the model's parameter count, measured in the same run. floor_ratio = fast_s / floor_s.
+
+peak_mb: parameters + optimizer state of the stratum-parallel model plus the peak of the bytes allocated during
+one step (gradients, activations, temporaries), from the PyTorch profiler's allocation events
+(profile_memory=True, an extra untimed step); oracle_peak_mb likewise.
+
+Large CPU tensors are freshly mmap'ed by PyTorch on every op, and on this VM page faults cost more than the
+arithmetic of a copy; THP_MEM_ALLOC_ENABLE=1 (set here unless already set, for every model and the floor alike)
+makes PyTorch request transparent huge pages for them (--no-thp turns it off).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if "--no-thp" not in sys.argv:
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, from_oracle  # noqa: E402
+from dcell_core.ontology.hierarchy import Hierarchy  # noqa: E402
+
+YEAST_STRATA = [1156, 727, 451, 292, 203, 138, 86, 58, 37, 20, 13, 9, 6, 2, 1, 1]
+
+
+def synthetic_hierarchy(num_genes: int = 5983, strata: list[int] = YEAST_STRATA, annotations_per_gene: float = 12.0,
+                        seed: int = 0) -> Hierarchy:
+    """Random DAG with yeast_go's stratum sizes: every term of stratum s > 0 has a child in s - 1 plus ~1
+    more from any lower stratum; orphans are attached to a random term above; genes are annotated to
+    ~annotations_per_gene terms each, skewed toward low strata; every stratum-0 term gets >= 3 genes."""
+    rng = np.random.default_rng(seed)
+    ids = [[f"S{s:02d}_{i:04d}" for i in range(n)] for s, n in enumerate(strata)]
+    children: dict[str, list[str]] = {t: [] for level in ids for t in level}
+    for s in range(1, len(strata)):
+        lower = [t for level in ids[:s] for t in level]
+        for t in ids[s]:
+            kids = {ids[s - 1][rng.integers(len(ids[s - 1]))]}
+            kids |= {lower[i] for i in rng.integers(len(lower), size=rng.poisson(1.0))}
+            children[t] = sorted(kids)
+    has_parent = {c for kids in children.values() for c in kids}
+    for s in range(len(strata) - 1):
+        upper = [t for level in ids[s + 1:] for t in level]
+        for t in ids[s]:
+            if t not in has_parent:
+                children[upper[rng.integers(len(upper))]].append(t)
+    genes = [f"G{i:05d}" for i in range(num_genes)]
+    weights = np.concatenate([np.full(n, 1.0 / (1 + s)) for s, n in enumerate(strata)])
+    weights /= weights.sum()
+    terms = [t for level in ids for t in level]
+    direct: dict[str, set[str]] = {t: set() for t in terms}
+    for g in genes:
+        k = min(len(terms), 1 + rng.poisson(annotations_per_gene - 1))
+        for i in rng.choice(len(terms), size=k, replace=False, p=weights):
+            direct[terms[i]].add(g)
+    for t in ids[0]:
+        while len(direct[t]) < 3:
+            direct[t].add(genes[rng.integers(num_genes)])
+    return Hierarchy.from_mappings(children, {t: sorted(g) for t, g in direct.items() if g},
+                                   provenance={"fingerprint": f"synthetic-yeast-shape-{seed}"})
+
+
+def _state_mb(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                if torch.is_tensor(v) and v.dim() > 0)
+    return (params + state) / 2**20
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+        self.loss_cfg = LossConfig()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        total, _ = dcell_loss(self.model(x), y, self.loss_cfg)
+        total.backward()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+    def peak_mb(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)  # gradients are allocated inside the step and counted
+        gc.collect()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            self.step(x, y)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+        live = np.cumsum([n for _, n in events]) if events else np.zeros(1)
+        return _state_mb(self.model, self.opt) + max(0.0, float(live.max())) / 2**20
+
+
+def floor_step(num_weights: int, batch: int):
+    weight = torch.randn(4096, math.ceil(num_weights / 4096), requires_grad=True)
+    inp = torch.randn(batch, 4096, requires_grad=True)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        weight.grad = inp.grad = None
+        out = inp @ weight
+        out.backward(torch.ones_like(out))
+        return time.perf_counter() - t0
+
+    return run
+
+
+def genotype_batch(num_genes: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triple disruptions (3 random genes per sample) and random targets."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(batch, num_genes)
+    x[torch.arange(batch).repeat_interleave(3), torch.randint(0, num_genes, (3 * batch,), generator=g)] = 1.0
+    return x, torch.randn(batch, generator=g)
+
+
+def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log) -> list[dict]:
+    cfg = ModelConfig(width_basis=basis)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    oracle = build_dcell(h, cfg, fast=False)
+    fast = from_oracle(oracle)
+    log(f"[{basis}] built oracle + stratum-parallel model in {time.perf_counter() - t0:.1f} s; "
+        f"plan {fast.plan.stats}")
+    num_weights = sum(p.numel() for p in oracle.parameters())
+    trainers = {"oracle": Trainer(oracle), "fast": Trainer(fast)}
+    rows = []
+    for batch in batches:
+        x, y = genotype_batch(h.num_genes, batch, seed=batch)
+        floor = floor_step(num_weights, batch)
+        for tr in trainers.values():
+            tr.step(x, y)  # warm-up: optimizer state, allocator
+        floor()
+        times = {"oracle": [], "fast": [], "floor": []}
+        for _ in range(repeats):
+            for name, tr in trainers.items():
+                times[name].append(tr.step(x, y))
+            times["floor"].append(floor())
+        best = {k: min(v) for k, v in times.items()}
+        row = {"width_basis": basis, "batch": batch, "parameters": num_weights,
+               "oracle_s": best["oracle"], "fast_s": best["fast"], "floor_s": best["floor"],
+               "fast_median_s": float(np.median(times["fast"])),
+               "speedup": best["oracle"] / best["fast"], "floor_ratio": best["fast"] / best["floor"],
+               "samples_per_s": batch / best["fast"], "oracle_samples_per_s": batch / best["oracle"],
+               "peak_mb": trainers["fast"].peak_mb(x, y), "oracle_peak_mb": trainers["oracle"].peak_mb(x, y)}
+        log(f"[{basis}] batch {batch}: oracle {row['oracle_s']:.3f} s, fast {row['fast_s']:.3f} s, floor "
+            f"{row['floor_s']:.3f} s, speedup {row['speedup']:.1f}x, floor ratio {row['floor_ratio']:.2f}")
+        rows.append(row)
+        del floor
+        gc.collect()
+    return rows
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    raise RuntimeError("no 'model name' line in /proc/cpuinfo")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object with a list `rows`")
+    ap.add_argument("--synthetic", action="store_true", help="random hierarchy of yeast_go's shape")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bases", default="contained,direct")
+    ap.add_argument("--batches", default="32,256")
+    ap.add_argument("--no-thp", action="store_true", help="leave THP_MEM_ALLOC_ENABLE unset")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
+    if args.synthetic:
+        h, name = synthetic_hierarchy(), "synthetic (yeast_go shape)"
+    else:
+        from dcell_core.ontology import load_named
+
+        h, name = load_named("yeast_go"), "yeast_go"
+    log(f"hierarchy {name}: {h.num_terms} terms, {h.num_genes} genes, strata {h.stratum_sizes()}")
+    load_before = os.getloadavg()
+    rows = []
+    for basis in args.bases.split(","):
+        rows += bench_basis(h, basis, [int(b) for b in args.batches.split(",")], args.repeats, log)
+    result = {"hierarchy": name, "fingerprint": h.fingerprint, "terms": h.num_terms, "genes": h.num_genes,
+              "threads": args.threads, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+              "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", ""), "repeats": args.repeats,
+              "load_average_before_after": [load_before[0], os.getloadavg()[0]], "rows": rows}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"\n{name}, {args.threads} threads, {result['cpu']}, best of {args.repeats}")
+        print("| basis | batch | params | oracle s | fast s | floor s | speedup | floor ratio | samples/s | peak MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['width_basis']} | {r['batch']} | {r['parameters'] / 1e6:.1f} M | {r['oracle_s']:.3f} | "
+                  f"{r['fast_s']:.3f} | {r['floor_s']:.3f} | {r['speedup']:.1f} | {r['floor_ratio']:.2f} | "
+                  f"{r['samples_per_s']:.0f} | {r['peak_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
