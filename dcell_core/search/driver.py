@@ -104,11 +104,14 @@ def run_search(req: SearchRequest) -> SearchOutcome:
                                       "experiment_id": exp_id, "parent_run_id": parent_run_id})
         print(f"search {name}: {expected_trials(space, num_samples)} trials of {space.name} ({req.file}), {max_concurrent} at a time; "
               f"MLflow experiment {space.name}, parent run {parent_run_id}", file=out, flush=True)
+        started = time.perf_counter()
         complete = _fit(req, space, storage, name, state is not None, tracking_uri, exp_id, parent_run_id,
                         base_overrides, int(base_cfg.train.epochs), num_samples, max_concurrent)
+        wall_s = time.perf_counter() - started
     finally:
         ray.shutdown()
     summary = _finish(client, exp_id, parent_run_id, space, storage / name, complete, out)
+    summary.update(_overhead(client, exp_id, parent_run_id, wall_s, max_concurrent, out))
     _print_footer(req, name, tracking_uri, project, complete, out)
     return SearchOutcome(name, exp_id, parent_run_id, complete, summary, tracking_uri, storage / name)
 
@@ -194,6 +197,18 @@ def _finish(client, exp_id, parent_run_id, space, exp_dir: Path, complete: bool,
         print(f"parameter importances not computed: {summary['not_computed']}", file=out)
     client.set_terminated(parent_run_id, "FINISHED" if complete else "KILLED")
     return summary
+
+
+def _overhead(client, exp_id: str, parent_run_id: str, wall_s: float, slots: int, out) -> dict:
+    """Wall time of this invocation's Tune run against the trials' own run time spread over the slots."""
+    runs = tracking.child_runs(client, exp_id, parent_run_id)
+    trial_s = sum((r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time)
+    ideal_s = trial_s / slots
+    numbers = {"search_wall_s": wall_s, "trial_s_sum": trial_s, "overhead_s": wall_s - ideal_s}
+    tracking.log_metrics(client, parent_run_id, numbers, step=0)
+    print(f"time: search {wall_s:.1f} s; trials {trial_s:.1f} s in all over {slots} slots = {ideal_s:.1f} s; "
+          f"platform overhead {wall_s - ideal_s:.1f} s", file=out)
+    return numbers
 
 
 def _print_footer(req, name, tracking_uri, project, complete, out) -> None:
