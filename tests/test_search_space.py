@@ -23,9 +23,6 @@ from dcell_core.search import (
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "search_spaces"
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
-# The shipped spaces search model.* / loss.* keys; until the model group composes they cannot validate.
-HAS_MODEL = "model" in compose()
-needs_model = pytest.mark.skipif(not HAS_MODEL, reason="the composed config has no model group yet")
 
 
 def problems(path: Path, extra=(), **kw) -> list[str]:
@@ -51,7 +48,6 @@ def test_all_topic_files_are_shipped():
     assert {p.stem for p in SHIPPED} >= {"norms", "init", "embedding", "alpha", "ontology", "full"}
 
 
-@needs_model
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_file_validates_and_fits_two_cores(path):
     space = load_search_space(path)
@@ -68,7 +64,6 @@ def test_shipped_file_validates_and_fits_two_cores(path):
     assert "--num-samples" in path.read_text()  # the GPU-cluster comment block
 
 
-@needs_model
 def test_full_space_covers_every_topic_space():
     keys = {p.key for p in load_search_space(REPO / "search_spaces" / "full.yaml").parameters}
     for path in SHIPPED:
@@ -124,7 +119,6 @@ def test_scheduler_algorithm_metric_and_duplicate_key_problems():
     ])
 
 
-@needs_model
 def test_model_values_fail_their_section_validation_unless_a_searched_value_rescues_them():
     # 5 heads pass with the searched 5-wide embedding, so only 3 heads are reported (see the fixture's comment).
     assert_problems(FIXTURES / "model_values.yaml", [

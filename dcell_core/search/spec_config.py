@@ -1,0 +1,259 @@
+"""Checks of a search space against the composed DCell config: fixed overrides, searched keys, sampled values."""
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from dcell_core.search.overrides import format_override_value
+from dcell_core.search.spec import (LIST_KINDS, MAX_SIBLING_COMBINATIONS, RANGE_KINDS, Parameter, Resources,
+                                    SearchSpaceError, _is_int, _Report, _suggest)
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed overrides and the composed config
+
+
+@dataclass(frozen=True)
+class _Override:
+    text: str
+    key: str  # Hydra key or group it sets
+    path: Optional[tuple]  # position in the file; None for the command line
+
+
+def _parse_overrides(report: _Report, data: dict, extra: Sequence[str]) -> list[_Override]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    raw = data.get("overrides", [])
+    if not isinstance(raw, list):
+        report.add(("overrides",), f"expected a list of Hydra overrides (key=value), got {raw!r}")
+        raw = []
+    parser = OverridesParser.create()
+    items = [(text, ("overrides", i)) for i, text in enumerate(raw)] + [(text, None) for text in extra]
+    parsed = []
+    for text, path in items:
+        problem = None
+        if not isinstance(text, str):
+            problem = f"expected a Hydra override string such as train.epochs=4, got {text!r}"
+        else:
+            try:
+                override = parser.parse_override(text)
+            except HydraException as e:  # reported with its position; composing skips this override
+                problem = f"not a valid Hydra override {text!r}: {_first_line(e)}"
+            else:
+                if override.is_sweep_override():
+                    problem = f"{text!r} is a sweep: searched values belong under parameters"
+                else:
+                    parsed.append(_Override(text, override.key_or_group, path))
+        if problem and path:
+            report.add(path, problem)
+        elif problem:
+            report.add_cli(repr(text), problem)
+    return parsed
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause = e.__cause__
+    cause_text = str(cause).strip() if cause is not None else ""
+    return text + (f" ({cause_text.splitlines()[0]})" if cause_text and cause_text != "None" else "")
+
+
+def _compose(overrides: Sequence[str]) -> tuple[Optional[DictConfig], Optional[str]]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dcell_core.config import compose
+
+    try:
+        return compose(overrides), None
+    except (HydraException, OmegaConfBaseException) as e:  # the caller reports the message at the override
+        return None, _first_line(e)
+
+
+def _compose_fixed(report: _Report, overrides: list[_Override]) -> DictConfig:
+    """The base config with every fixed override that composes; each one that does not is reported."""
+    cfg, _ = _compose([o.text for o in overrides])
+    if cfg is not None:
+        return cfg
+    # Compose one override at a time to name each bad one, not only the first Hydra stops at.
+    accepted: list[str] = []
+    for o in overrides:
+        _, error = _compose(accepted + [o.text])
+        if error is None:
+            accepted.append(o.text)
+        elif o.path:
+            report.add(o.path, f"{o.text!r} does not compose: {error}")
+        else:
+            report.add_cli(repr(o.text), f"does not compose: {error}")
+    cfg, error = _compose(accepted)
+    if cfg is None:  # each override composes alone, not all together: check the rest against the base config
+        report.add(("overrides",), f"the overrides do not compose together: {error}")
+        cfg, error = _compose([])
+    if cfg is None:
+        raise SearchSpaceError(f"{report.file}: the project's base config does not compose: {error}")
+    return cfg
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        child = node[key]
+        full = f"{prefix}{key}"
+        keys += _leaf_keys(child, full + ".") if isinstance(child, DictConfig) else [full]
+    return keys
+
+
+def _config_node(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_parameter_keys(report: _Report, cfg: DictConfig, params: list[Parameter],
+                          overrides: list[_Override]) -> list[Parameter]:
+    """Parameters whose key names one value of the composed config; the rest are reported, as are keys that are
+    also fixed by an override (those are still returned, so that their values get checked too)."""
+    fixed = {o.key: o for o in overrides}
+    leaves = _leaf_keys(cfg)
+    kept = []
+    for p in params:
+        found, node = _config_node(cfg, p.key)
+        path = ("parameters", p.key)
+        if not found:
+            report.add(path, f"not a key of the composed config{_suggest(p.key, leaves)}")
+        elif isinstance(node, DictConfig):
+            report.add(path, f"names the config section {p.key}, not one value: search one of its keys, e.g. "
+                             f"{next((k for k in leaves if k.startswith(p.key + '.')), p.key)}")
+        elif p.key in fixed:
+            where = f"overrides (line {report.line_of(fixed[p.key].path)})" if fixed[p.key].path else "the command line"
+            report.add(path, f"also fixed by {fixed[p.key].text!r} in {where}: search it or fix it, not both")
+            kept.append(p)
+        else:
+            kept.append(p)
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Values against the structured config
+
+
+@functools.lru_cache(maxsize=1)
+def _override_parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _set(node: DictConfig, key: str, value: Any) -> Optional[str]:
+    """Set key's leaf in its (copied) section node as a trial's override would (Hydra's parse of the override
+    text, then OmegaConf's typed merge); the type error, or None."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = _override_parser().parse_override(f"{key}={format_override_value(value)}").value()
+    try:
+        OmegaConf.update(node, key.rpartition(".")[2], parsed, merge=True)
+    except OmegaConfBaseException as e:  # a type mismatch: the caller reports it at the parameter
+        return _first_line(e)
+    return None
+
+
+def _section_node(cfg: DictConfig, section: str) -> DictConfig:
+    return OmegaConf.select(cfg, section) if section else cfg
+
+
+def _validation_problem(node: DictConfig) -> Optional[str]:
+    """The message of a section's own validate() (ModelConfig, TrainConfig, ...), or None when it passes."""
+    if not isinstance(node, DictConfig) or not hasattr(OmegaConf.get_type(node), "validate"):
+        return None
+    try:
+        OmegaConf.to_object(node).validate()
+    except ValueError as e:  # validate() reports invalid values this way; the caller reports the message
+        return " ".join(str(e).split())
+    return None
+
+
+def _structured_sections(node: DictConfig, prefix: str = "") -> list[str]:
+    sections = [prefix.rstrip(".")] if hasattr(OmegaConf.get_type(node), "validate") else []
+    for key in node:
+        child = node[key]
+        if isinstance(child, DictConfig):
+            sections += _structured_sections(child, f"{prefix}{key}.")
+    return sections
+
+
+def _check_base_config(report: _Report, cfg: DictConfig, overrides: list[_Override]) -> set[str]:
+    """Report config sections that fail validate() before any value is sampled; returns those sections."""
+    broken = set()
+    for section in _structured_sections(cfg):
+        problem = _validation_problem(_section_node(cfg, section))
+        if problem is None:
+            continue
+        broken.add(section)
+        culprit = next((o for o in overrides if o.key == section or o.key.startswith(section + ".")
+                        or section.startswith(o.key + ".")), None)
+        message = f"the fixed config is invalid, every trial would fail: {problem}"
+        if culprit is not None and culprit.path is None:
+            report.add_cli(repr(culprit.text), message)
+        else:
+            report.add(culprit.path if culprit is not None else ("overrides",), message)
+    return broken
+
+
+def _check_values(report: _Report, cfg: DictConfig, params: list[Parameter], broken: set[str]) -> None:
+    for p in params:
+        section = p.key.rpartition(".")[0]
+        siblings = [s for s in params if s is not p and s.key.rpartition(".")[0] == section]
+        for i, value in enumerate(p.candidates()):
+            problem = _value_problem(cfg, p, value, siblings, check_section=section not in broken)
+            if problem:
+                report.add(("parameters", p.key, p.kind) + ((i,) if p.kind in LIST_KINDS + RANGE_KINDS else ()),
+                           f"value {value!r}: {problem}")
+
+
+def _value_problem(cfg: DictConfig, p: Parameter, value: Any, siblings: list[Parameter],
+                   check_section: bool) -> Optional[str]:
+    # Copies of the section node only: cheap, and all that a section's validate() reads.
+    node = copy.deepcopy(_section_node(cfg, p.key.rpartition(".")[0]))
+    type_error = _set(node, p.key, value)
+    if type_error is not None or not check_section:
+        return type_error
+    problem = _validation_problem(node)
+    if problem is None or not siblings:
+        return problem
+    # A cross-field rule (attention heads must divide the token width) may fail at the base value of another
+    # searched key and pass at one of its values: report only values that no combination makes valid.
+    combos = itertools.product(*[s.candidates() for s in siblings])
+    for combo in itertools.islice(combos, MAX_SIBLING_COMBINATIONS):
+        trial = copy.deepcopy(node)
+        if all(_set(trial, s.key, v) is None for s, v in zip(siblings, combo)) and _validation_problem(trial) is None:
+            return None
+    return f"{problem} (also with the other searched values of {p.key.rpartition('.')[0]})"
+
+
+def _max_epochs(cfg: DictConfig, params: list[Parameter], data: dict) -> Optional[int]:
+    """The largest train.epochs any trial gets (ASHA's max_t); None when that is unknown because the train.epochs
+    parameter is invalid (already reported)."""
+    searched = [p for p in params if p.key == "train.epochs"]
+    listed = isinstance(data.get("parameters"), dict) and "train.epochs" in data["parameters"]
+    if listed and not searched:
+        return None
+    values = list(searched[0].candidates()) if searched else [OmegaConf.select(cfg, "train.epochs")]
+    return max(values) if all(_is_int(v) for v in values) else None
+
+
+def _check_device(report: _Report, cfg: DictConfig, resources: Optional[Resources], params: list[Parameter]) -> None:
+    device = OmegaConf.select(cfg, "train.device")
+    if resources is None or any(p.key == "train.device" for p in params):
+        return
+    if device == "cpu" and resources.gpu > 0:
+        report.add(("resources", "gpu"), f"{resources.gpu} GPU reserved per trial but train.device=cpu")
+    if device == "cuda" and resources.gpu == 0:
+        report.add(("resources", "gpu"), "train.device=cuda but no GPU reserved: Ray hides every GPU from the trial")

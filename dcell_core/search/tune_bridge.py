@@ -1,0 +1,62 @@
+"""A SearchSpace as Ray Tune objects: the param_space, the search algorithm and the trial scheduler."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+from dcell_core.search.spec import Parameter, SearchSpace, _is_int
+
+
+def to_tune_param_space(space: SearchSpace) -> dict[str, Any]:
+    """Flat {Hydra key: ray.tune domain or constant}, the Tuner's param_space."""
+    from ray import tune
+
+    def domain(p: Parameter) -> Any:
+        if p.kind == "choice":
+            return tune.choice(copy.deepcopy(list(p.values)))
+        if p.kind == "grid":
+            return tune.grid_search(copy.deepcopy(list(p.values)))
+        if p.kind == "uniform":
+            return tune.uniform(float(p.low), float(p.high))
+        if p.kind == "loguniform":
+            return tune.loguniform(float(p.low), float(p.high))
+        if p.kind == "randint":
+            return tune.randint(p.low, p.high + 1)  # the file's hi is inclusive, Tune's upper is exclusive
+        return copy.deepcopy(p.values[0])  # fixed
+
+    return {p.key: domain(p) for p in space.parameters}
+
+
+def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None) -> Any:
+    """The search algorithm, limited to max_concurrent trials (default: the file's search.max_concurrent).
+
+    Do not also set TuneConfig.max_concurrent_trials, nor TuneConfig metric / mode (the searcher and scheduler
+    carry them; Ray refuses both at once).
+    """
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    s = space.search
+    limit = s.max_concurrent if max_concurrent is None else max_concurrent
+    if not _is_int(limit) or limit < 1:
+        raise ValueError(f"max_concurrent must be an integer >= 1, got {limit!r}")
+    if s.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        # No space here: OptunaSearch takes it from the Tuner's param_space (set_search_properties).
+        return ConcurrencyLimiter(OptunaSearch(metric=space.metric, mode=space.mode, seed=s.seed),
+                                  max_concurrent=limit)
+    return BasicVariantGenerator(random_state=s.seed, max_concurrent=limit)
+
+
+def make_scheduler(space: SearchSpace) -> Any:
+    """The trial scheduler; one training_iteration = one epoch (the trial function reports once per epoch)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    sch = space.scheduler
+    if sch.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", metric=space.metric, mode=space.mode, max_t=sch.max_t,
+                             grace_period=sch.grace_period, reduction_factor=sch.reduction_factor)
+    if sch.type == "median":
+        return MedianStoppingRule(time_attr="training_iteration", metric=space.metric, mode=space.mode,
+                                  grace_period=sch.grace_period, min_samples_required=sch.min_samples_required)
+    return FIFOScheduler()
