@@ -82,12 +82,28 @@ def genotypes(n_genes: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.
     return x, y
 
 
-def step(model, x, y, loss_cfg):
-    x = x.clone().requires_grad_(True)
+def step(model, x, y, loss_cfg, genotype_grad=True):
+    x = x.clone().requires_grad_(genotype_grad)
     out = model(x, return_states=True)
     total, parts = dcell_loss(out, y, loss_cfg, model.decay_weights())
     total.backward()
     return out, parts, x.grad
+
+
+def assert_same_parameter_gradients(hierarchy: Hierarchy, model_kw: dict, batch: int = 6) -> None:
+    """Genotypes without requires_grad (as in training): the gene input parts take the path that computes no
+    input gradient; every parameter gradient must still equal the oracle's."""
+    cfg, loss_cfg = ModelConfig(**model_kw), LossConfig()
+    torch.manual_seed(0)
+    oracle = build_dcell(hierarchy, cfg, fast=False).double()
+    fast = from_oracle(oracle)
+    x, y = genotypes(hierarchy.num_genes, batch, seed=1)
+    step(oracle, x, y, loss_cfg, genotype_grad=False)
+    step(fast, x, y, loss_cfg, genotype_grad=False)
+    grads_f = oracle_gradients(fast)
+    for name, p in oracle.named_parameters():
+        assert grads_f[name] is not None, f"{name}: no gradient in the fast model"
+        close(p.grad, grads_f[name], f"gradient of {name}")
 
 
 def assert_equivalent(hierarchy: Hierarchy, model_kw: dict, loss_kw: dict, batch: int = 6) -> None:
@@ -127,6 +143,39 @@ def test_fast_equals_oracle_hand_hierarchy(case):
     assert_equivalent(hand_hierarchy(), model_kw, loss_kw)
 
 
+@pytest.mark.parametrize("case", ["paper", "direct", "layers2_batch", "embedding8", "attention2_binary"])
+def test_fast_equals_oracle_without_genotype_gradient(case):
+    assert_same_parameter_gradients(hand_hierarchy(), CASES[case][0])
+
+
+def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
+    """Only children input parts scatter their gradient back (one index_add_ each); gene parts add none unless
+    the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
+    h = hand_hierarchy()
+    torch.manual_seed(0)
+    for model_kw, genotype_grad in ((dict(), False), (dict(), True), (dict(learnable_embedding_dim=2), False)):
+        fast = build_dcell(h, ModelConfig(**model_kw)).double()
+        parts = [is_gene for st in fast.strata for _, is_gene in st.parts]
+        x, y = genotypes(h.num_genes, 4, seed=0)
+        x.requires_grad_(genotype_grad)
+        with IndexAddCounter() as counter:
+            dcell_loss(fast(x), y, LossConfig())[0].backward()
+        genes_need_grad = genotype_grad or model_kw.get("learnable_embedding_dim", 0) > 0
+        children = sum(not g for g in parts)
+        assert children > 0 and sum(parts) > 0
+        assert counter.count == children + (sum(parts) if genes_need_grad else 0), (model_kw, genotype_grad)
+
+
+class IndexAddCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten.index_add_.default
+        return func(*args, **(kwargs or {}))
+
+
 def test_hand_hierarchy_exercises_padding_and_term_kinds():
     h = hand_hierarchy()
     kinds = {("children" if h.children[t] else "") + ("genes" if h.direct_genes[t] else "") for t in range(h.num_terms)}
@@ -138,7 +187,7 @@ def test_hand_hierarchy_exercises_padding_and_term_kinds():
     stats = fast.plan.stats
     assert stats["padded_weights"] > stats["weights"]  # buckets pad in both dims
     assert any(b.widths.min() < b.w_max for b in fast.buckets())
-    assert any(b.fan_ins.min() < b.f_max for b in fast.buckets())
+    assert any(b.child_fans.min() < b.c_max or b.gene_fans.min() < b.g_max for b in fast.buckets())
 
 
 REAL_CASES = ["paper", "direct", "layers3_layer_norm_act", "embedding8_attention1", "alpha0"]

@@ -1,8 +1,10 @@
 """One shape bucket of a stratum: the terms whose (width, fan-in) were grouped together, computed as one batch.
 
 Parameters are padded blocks, one slice per term along dim 0:
-    weights[0]  [n, w_max, f_max]   first linear layer (term i uses [:L_i, :F_i])
-    weights[k]  [n, w_max, w_max]   extra subsystem layers k >= 1 ([:L_i, :L_i])
+    child_weight  [n, w_max, c_max]  first linear layer, children columns (term i uses [:L_i, :C_i]); absent
+                                     when no term of the bucket has children (c_max = 0)
+    gene_weight   [n, w_max, g_max]  first linear layer, gene columns ([:L_i, :G_i]); absent when g_max = 0
+    layer_weights[k - 1]  [n, w_max, w_max]   extra subsystem layers k >= 1 ([:L_i, :L_i])
     biases[k]   [n, w_max, 1]       norm_weights[k], norm_biases[k]  [n, w_max]
     head_weight [n, 1, w_max]       head_bias [n, 1, 1]
 Padded entries are zero when built or loaded and receive exactly zero gradient (padded inputs gather the zero
@@ -19,14 +21,17 @@ from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS
 
 
 class TermBucket(nn.Module):
-    def __init__(self, widths: list[int], fan_ins: list[int], w_max: int, f_max: int, row_offset: int,
-                 layers: int, norm_type: str, norm_order: str, activation):
+    def __init__(self, widths: list[int], child_fans: list[int], gene_fans: list[int], w_max: int, c_max: int,
+                 g_max: int, row_offset: int, layers: int, norm_type: str, norm_order: str, activation):
         super().__init__()
         n = len(widths)
-        self.n, self.w_max, self.f_max, self.row_offset = n, w_max, f_max, row_offset
+        if c_max + g_max < 1:
+            raise ValueError(f"bucket at row {row_offset}: its terms have neither children nor genes")
+        self.n, self.w_max, self.c_max, self.g_max, self.row_offset = n, w_max, c_max, g_max, row_offset
         self.norm_type, self.norm_order, self.act = norm_type, norm_order, activation
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.zeros(n, w_max, f_max if k == 0 else w_max)) for k in range(layers))
+        self.child_weight = nn.Parameter(torch.zeros(n, w_max, c_max)) if c_max else None
+        self.gene_weight = nn.Parameter(torch.zeros(n, w_max, g_max)) if g_max else None
+        self.layer_weights = nn.ParameterList(nn.Parameter(torch.zeros(n, w_max, w_max)) for _ in range(layers - 1))
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n, w_max, 1)) for _ in range(layers))
         has_affine = norm_type != "none"
         self.norm_weights = nn.ParameterList(nn.Parameter(torch.zeros(n, w_max)) for _ in range(layers * has_affine))
@@ -34,7 +39,8 @@ class TermBucket(nn.Module):
         self.head_weight = nn.Parameter(torch.zeros(n, 1, w_max))
         self.head_bias = nn.Parameter(torch.zeros(n, 1, 1))
         self.register_buffer("widths", torch.tensor(widths, dtype=torch.long), persistent=False)
-        self.register_buffer("fan_ins", torch.tensor(fan_ins, dtype=torch.long), persistent=False)
+        self.register_buffer("child_fans", torch.tensor(child_fans, dtype=torch.long), persistent=False)
+        self.register_buffer("gene_fans", torch.tensor(gene_fans, dtype=torch.long), persistent=False)
         rows = torch.arange(w_max).unsqueeze(0) < self.widths.unsqueeze(1)  # [n, w_max] true neurons
         self.register_buffer("row_mask", rows.unsqueeze(-1).to(torch.get_default_dtype()), persistent=False)
         # integer widths are exact in any float dtype (a stored reciprocal would keep float32 rounding
@@ -49,11 +55,15 @@ class TermBucket(nn.Module):
         """Boolean mask of the true (unpadded) entries of every parameter, by parameter name."""
         ar = torch.arange(self.w_max, device=self.widths.device)
         rows = ar.view(1, -1) < self.widths.view(-1, 1)  # [n, w_max]
-        cols0 = torch.arange(self.f_max, device=rows.device).view(1, -1) < self.fan_ins.view(-1, 1)
         out = {}
-        for k in range(len(self.weights)):
-            cols = cols0 if k == 0 else rows
-            out[f"weights.{k}"] = rows.unsqueeze(2) & cols.unsqueeze(1)
+        for name, fans, width in (("child_weight", self.child_fans, self.c_max),
+                                  ("gene_weight", self.gene_fans, self.g_max)):
+            if width:
+                cols = torch.arange(width, device=rows.device).view(1, -1) < fans.view(-1, 1)
+                out[name] = rows.unsqueeze(2) & cols.unsqueeze(1)
+        for k in range(len(self.layer_weights)):
+            out[f"layer_weights.{k}"] = rows.unsqueeze(2) & rows.unsqueeze(1)
+        for k in range(len(self.biases)):
             out[f"biases.{k}"] = rows.unsqueeze(2)
         for k in range(len(self.norm_weights)):
             out[f"norm_weights.{k}"] = out[f"norm_biases.{k}"] = rows
@@ -77,11 +87,17 @@ class TermBucket(nn.Module):
         return [name for name, p in self.named_parameters() if bool((p.detach()[~masks[name]] != 0).any())]
 
     # ---- compute ------------------------------------------------------------------------------------
-    def forward(self, inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """inp [n, f_max, B] -> (O [n, w_max, B], head outputs [n, 1, B])."""
-        h = inp
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, w, h)  # [n, w_max, B]
+    def forward(self, inp_c: torch.Tensor | None, inp_g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """children inputs [n, c_max, B], gene inputs [n, g_max, B] (None where the part is empty)
+        -> (O [n, w_max, B], head outputs [n, 1, B])."""
+        h = self.biases[0]
+        if self.child_weight is not None:
+            h = torch.baddbmm(h, self.child_weight, inp_c)  # [n, w_max, B]
+        if self.gene_weight is not None:
+            h = torch.baddbmm(h, self.gene_weight, inp_g)
+        for k in range(len(self.biases)):
+            if k:
+                h = torch.baddbmm(self.biases[k], self.layer_weights[k - 1], h)
             if self.norm_order == "act_norm":
                 h = self._norm(self.act(h), k)
             else:

@@ -16,32 +16,51 @@ from dcell_core.nn.oracle import OracleDCell
 from dcell_core.nn.stratum_dcell import StratumDCell
 
 
-def term_views(model: StratumDCell, t: int, pick: Callable[[torch.Tensor], torch.Tensor | None] = lambda p: p,
-               ) -> dict[str, torch.Tensor | None]:
-    """Term t's slices of the padded bucket tensors, under oracle names; `pick` maps a parameter to what to
-    slice (e.g. `lambda p: p.grad`)."""
+Part = tuple[torch.Tensor, tuple, slice | None]  # (bucket parameter or buffer, index into it, oracle columns)
+
+
+def term_parts(model: StratumDCell, t: int) -> dict[str, list[Part]]:
+    """Where term t's oracle tensors live in the padded bucket tensors: per oracle name, the pieces (the first
+    layer's weight has two: children columns and gene columns)."""
     s, k, i = model.plan.slot[t]
     bucket = model.strata[s].buckets[k]
-    w, f = model.sizes.widths[t], model.sizes.fan_in(t)
-    out: dict[str, torch.Tensor | None] = {}
-
-    def cut(tensor, *index):
-        value = pick(tensor) if isinstance(tensor, torch.nn.Parameter) else tensor
-        return None if value is None else value[index]
-
-    for layer, (weight, bias) in enumerate(zip(bucket.weights, bucket.biases)):
-        cols = f if layer == 0 else w
-        out[f"terms.{t}.linears.{layer}.weight"] = cut(weight, i, slice(0, w), slice(0, cols))
-        out[f"terms.{t}.linears.{layer}.bias"] = cut(bias, i, slice(0, w), 0)
+    w = model.sizes.widths[t]
+    g = len(model.sizes.direct_genes[t]) * model.sizes.token_dim
+    c = model.sizes.fan_in(t) - g
+    first = []
+    if c:
+        first.append((bucket.child_weight, (i, slice(0, w), slice(0, c)), slice(0, c)))
+    if g:
+        first.append((bucket.gene_weight, (i, slice(0, w), slice(0, g)), slice(c, c + g)))
+    out: dict[str, list[Part]] = {f"terms.{t}.linears.0.weight": first}
+    for layer, weight in enumerate(bucket.layer_weights, start=1):
+        out[f"terms.{t}.linears.{layer}.weight"] = [(weight, (i, slice(0, w), slice(0, w)), None)]
+    for layer, bias in enumerate(bucket.biases):
+        out[f"terms.{t}.linears.{layer}.bias"] = [(bias, (i, slice(0, w), 0), None)]
     for layer, (gain, shift) in enumerate(zip(bucket.norm_weights, bucket.norm_biases)):
-        out[f"terms.{t}.norms.{layer}.weight"] = cut(gain, i, slice(0, w))
-        out[f"terms.{t}.norms.{layer}.bias"] = cut(shift, i, slice(0, w))
+        out[f"terms.{t}.norms.{layer}.weight"] = [(gain, (i, slice(0, w)), None)]
+        out[f"terms.{t}.norms.{layer}.bias"] = [(shift, (i, slice(0, w)), None)]
         if model.cfg.norm_type == "batch":
             for stat in ("running_mean", "running_var"):
                 buf = getattr(bucket, f"{stat}_{layer}").view(bucket.n, bucket.w_max)
-                out[f"terms.{t}.norms.{layer}.{stat}"] = cut(buf, i, slice(0, w))
-    out[f"terms.{t}.head.weight"] = cut(bucket.head_weight, i, slice(None), slice(0, w))
-    out[f"terms.{t}.head.bias"] = cut(bucket.head_bias, i, 0, slice(None))
+                out[f"terms.{t}.norms.{layer}.{stat}"] = [(buf, (i, slice(0, w)), None)]
+    out[f"terms.{t}.head.weight"] = [(bucket.head_weight, (i, slice(None), slice(0, w)), None)]
+    out[f"terms.{t}.head.bias"] = [(bucket.head_bias, (i, 0, slice(None)), None)]
+    return out
+
+
+def term_views(model: StratumDCell, t: int, pick: Callable[[torch.Tensor], torch.Tensor | None] = lambda p: p,
+               ) -> dict[str, torch.Tensor | None]:
+    """Term t's tensors under oracle names (copies where a tensor has several pieces); `pick` maps a parameter
+    to what to read (e.g. `lambda p: p.grad`)."""
+    out: dict[str, torch.Tensor | None] = {}
+    for name, parts in term_parts(model, t).items():
+        values = [(pick(p) if isinstance(p, torch.nn.Parameter) else p) for p, _, _ in parts]
+        if any(v is None for v in values):
+            out[name] = None
+        else:
+            pieces = [v[index] for v, (_, index, _) in zip(values, parts)]
+            out[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
     return out
 
 
@@ -76,19 +95,21 @@ def oracle_gradients(model: StratumDCell) -> dict[str, torch.Tensor | None]:
 @torch.no_grad()
 def load_oracle_state_dict(model: StratumDCell, sd: dict[str, torch.Tensor]) -> None:
     """Load oracle-format tensors; padded entries are set to zero. Every expected key must be present."""
-    expected = set(oracle_state_dict(model))
-    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    expected = oracle_state_dict(model)
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise KeyError(f"oracle state dict mismatch: missing {missing[:5]} ({len(missing)}), "
                        f"unexpected {unexpected[:5]} ({len(unexpected)})")
+    for name, value in expected.items():
+        if "num_batches_tracked" not in name and value.shape != sd[name].shape:
+            raise ValueError(f"{name}: expected shape {tuple(value.shape)}, got {tuple(sd[name].shape)}")
     for bucket in model.buckets():
         for p in bucket.parameters():
             p.zero_()
     for t in range(model.sizes.num_terms):
-        for name, view in term_views(model, t).items():
-            if view.shape != sd[name].shape:
-                raise ValueError(f"{name}: expected shape {tuple(view.shape)}, got {tuple(sd[name].shape)}")
-            view.copy_(sd[name])
+        for name, parts in term_parts(model, t).items():
+            for tensor, index, cols in parts:
+                tensor[index].copy_(sd[name] if cols is None else sd[name][:, cols])
     params = dict(model.named_parameters())
     for n in shared_names(model):
         params[n].copy_(sd[n])

@@ -6,8 +6,10 @@ Activation buffer (neuron-major, one column per sample): [rows, B]
                                   block of attended tokens per attention bucket
     stratum 0 buckets, stratum 1 buckets, ...   each bucket an [n, w_max] block of term outputs (padded rows
                                   exist but are never gathered)
-A term's input I_t is one row list into that buffer (children's rows in child order, then its gene rows), padded
-with row 0 up to its bucket's f_max, so each stratum's inputs are a single index_select.
+A term's input I_t (children's rows in child order, then its gene rows) is read in two parts: the child rows padded
+with row 0 up to its bucket's c_max and the gene rows padded up to g_max. The split lets the gene part skip its
+input gradient (a genotype never needs one; in the direct width basis ~2/3 of the first-layer weights are gene
+columns) while the child part gets its gradient scattered back.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from dcell_core.nn.common import TermSizes
 class BucketPlan:
     terms: list[int]  # term indices, in slot order
     width: int  # w_max: padded output width
-    fan_in: int  # f_max: padded input width
+    child_fan: int  # c_max: padded width of the children part of the input
+    gene_fan: int  # g_max: padded width of the gene part of the input
     row_offset: int  # first buffer row of this bucket's [n, w_max] output block
-    gather: np.ndarray  # [n * f_max] buffer rows of the inputs (row 0 = padding)
+    child_gather: np.ndarray  # [n * c_max] buffer rows of the children inputs (row 0 = padding)
+    gene_gather: np.ndarray  # [n * g_max] buffer rows of the gene inputs (row 0 = padding)
 
 
 @dataclass
@@ -47,20 +51,23 @@ class Plan:
     stats: dict = field(default_factory=dict)
 
 
-def partition(widths: list[int], fan_ins: list[int], extra_layers: int, overhead: int) -> list[list[int]]:
-    """Split items of shape (width, fan_in) into buckets minimizing padded multiply-adds + overhead per bucket.
+def partition(shapes: list[tuple[int, int, int]], extra_layers: int, overhead: int) -> list[list[int]]:
+    """Split items of shape (width, child fan-in, gene fan-in) into buckets minimizing padded multiply-adds plus
+    `overhead` per bucket.
 
-    Cost of a bucket of n items: n x w_max x (f_max + extra_layers x w_max) + overhead. Exact dynamic programming
-    over contiguous runs of the distinct shapes sorted by each of three keys; the cheapest partition wins.
-    Returns lists of item positions; deterministic for a given multiset of shapes.
+    Cost of a bucket of n items: n x w_max x (c_max + g_max + extra_layers x w_max) + overhead. Exact dynamic
+    programming over contiguous runs of the distinct shapes sorted by each of a few keys; the cheapest partition
+    wins. Returns lists of item positions; deterministic for a given multiset of shapes.
     """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, shape in enumerate(zip(widths, fan_ins)):
-        groups.setdefault(shape, []).append(i)
-    shapes = sorted(groups)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    distinct = sorted(groups)
     best_cost, best = np.inf, None
-    for key in (lambda s: (s[1], s[0]), lambda s: s, lambda s: (s[0] * s[1], s)):
-        order = sorted(shapes, key=key)
+    keys = (lambda s: (s[1] + s[2], s[0]), lambda s: (s[0], s[1] + s[2]), lambda s: (s[0] * (s[1] + s[2]), s),
+            lambda s: (s[1], s[2], s[0]), lambda s: (s[2], s[1], s[0]))
+    for key in keys:
+        order = sorted(distinct, key=key)
         cost, cuts = _dp(order, [len(groups[s]) for s in order], extra_layers, overhead)
         if cost < best_cost:
             best_cost, best = cost, [[i for s in order[a:b] for i in groups[s]] for a, b in cuts]
@@ -68,18 +75,18 @@ def partition(widths: list[int], fan_ins: list[int], extra_layers: int, overhead
 
 
 def _dp(order, counts, extra_layers: int, overhead: int):
-    w = np.array([s[0] for s in order], dtype=np.float64)
-    f = np.array([s[1] for s in order], dtype=np.float64)
-    c = np.array(counts, dtype=np.float64)
+    w, c, g = (np.array([s[k] for s in order], dtype=np.float64) for k in range(3))
+    n_of = np.array(counts, dtype=np.float64)
     n = len(order)
     cost = np.zeros(n + 1)
     start = np.zeros(n + 1, dtype=np.int64)
     for j in range(1, n + 1):
         # candidate buckets order[i:j] for i = j-1, j-2, ..., 0 (reversed so running maxima are cumulative)
         w_max = np.maximum.accumulate(w[j - 1::-1])
-        f_max = np.maximum.accumulate(f[j - 1::-1])
-        n_items = np.cumsum(c[j - 1::-1])
-        total = cost[j - 1::-1] + n_items * w_max * (f_max + extra_layers * w_max) + overhead
+        c_max = np.maximum.accumulate(c[j - 1::-1])
+        g_max = np.maximum.accumulate(g[j - 1::-1])
+        n_items = np.cumsum(n_of[j - 1::-1])
+        total = cost[j - 1::-1] + n_items * w_max * (c_max + g_max + extra_layers * w_max) + overhead
         k = int(np.argmin(total))
         cost[j], start[j] = total[k], j - 1 - k
     cuts, j = [], n
@@ -99,7 +106,7 @@ def build_plan(sizes: TermSizes, layers: int, attention: bool, overhead: int) ->
     if attention:
         with_genes = [t for t in range(T) if sizes.direct_genes[t]]
         counts = [len(sizes.direct_genes[t]) for t in with_genes]
-        for members in partition(counts, counts, 0, overhead):
+        for members in partition([(k, k, 0) for k in counts], 0, overhead):
             terms = [with_genes[i] for i in members]
             g_max = max(len(sizes.direct_genes[t]) for t in terms)
             genes = np.zeros((len(terms), g_max), dtype=np.int64)
@@ -125,23 +132,27 @@ def build_plan(sizes: TermSizes, layers: int, attention: bool, overhead: int) ->
     padded, real = 0, 0
     for s in range(max(strata) + 1):
         terms_s = [t for t in range(T) if strata[t] == s]
-        widths = [sizes.widths[t] for t in terms_s]
-        fans = [sizes.fan_in(t) for t in terms_s]
+        child_fans = [sizes.fan_in(t) - len(sizes.direct_genes[t]) * E for t in terms_s]
+        shapes = [(sizes.widths[t], cf, sizes.fan_in(t) - cf) for t, cf in zip(terms_s, child_fans)]
         buckets = []
-        for k, members in enumerate(partition(widths, fans, layers - 1, overhead)):
+        for k, members in enumerate(partition(shapes, layers - 1, overhead)):
             terms = [terms_s[i] for i in members]
-            w_max = max(sizes.widths[t] for t in terms)
-            f_max = max(sizes.fan_in(t) for t in terms)
-            gather = np.zeros((len(terms), f_max), dtype=np.int64)
+            w_max = max(shapes[i][0] for i in members)
+            c_max = max(shapes[i][1] for i in members)
+            g_max = max(shapes[i][2] for i in members)
+            child_gather = np.zeros((len(terms), c_max), dtype=np.int64)
+            gene_gather = np.zeros((len(terms), g_max), dtype=np.int64)
             for i, t in enumerate(terms):
-                rows = [r for c in sizes.children[t] for r in out_rows[c]] + gene_rows_of[t]
-                gather[i, :len(rows)] = rows
+                rows = [r for c in sizes.children[t] for r in out_rows[c]]
+                child_gather[i, :len(rows)] = rows
+                gene_gather[i, :len(gene_rows_of[t])] = gene_rows_of[t]
                 out_rows[t] = list(range(next_row + i * w_max, next_row + i * w_max + sizes.widths[t]))
                 slot[t] = (s, k, i)
                 head_pos[t] = n_heads + i
                 real += sizes.widths[t] * (sizes.fan_in(t) + (layers - 1) * sizes.widths[t])
-            padded += len(terms) * w_max * (f_max + (layers - 1) * w_max)
-            buckets.append(BucketPlan(terms, w_max, f_max, next_row, gather.reshape(-1)))
+            padded += len(terms) * w_max * (c_max + g_max + (layers - 1) * w_max)
+            buckets.append(BucketPlan(terms, w_max, c_max, g_max, next_row, child_gather.reshape(-1),
+                                      gene_gather.reshape(-1)))
             next_row += len(terms) * w_max
             n_heads += len(terms)
         stratum_plans.append(buckets)

@@ -1,7 +1,9 @@
 """The stratum-parallel DCell: every stratum is one gather plus a few batched ops per shape bucket.
 
 Forward keeps all term outputs in one neuron-major activation buffer [rows, B] (layout in plan.py). Stratum s
-reads its whole input with one index_select (`_ReadStratum`), each of its buckets runs padded batched matmuls
+reads its whole input with one index_select per bucket and input part (`_ReadStratum`; a bucket's children part
+and gene part are read separately, and the gene part is marked non-differentiable unless the gene region needs a
+gradient, so no input gradient is computed or scattered for gene columns), each of its buckets runs padded batched matmuls
 (`TermBucket`), and the bucket outputs are copied into the buffer for the strata above. No Python loop runs
 over terms or samples; the op count grows with strata and buckets.
 
@@ -34,15 +36,19 @@ class _BackwardState:
 
 
 class _ReadStratum(torch.autograd.Function):
-    """Gather every bucket input of one stratum from the activation buffer: one [n * f_max, B] tensor per bucket."""
+    """Gather every bucket input part of one stratum from the activation buffer: one [n * c_max, B] (children)
+    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers`."""
 
     @staticmethod
-    def forward(ctx, buf, gathers, state, stratum, spans, *sources):
+    def forward(ctx, buf, gathers, gene_parts, genes_need_grad, state, stratum, spans, *sources):
         # `sources` (the tensors stored in the rows `spans`) are inputs only so that autograd routes their
         # gradients through here; their values are already in `buf`.
         ctx.gathers, ctx.state, ctx.stratum, ctx.spans = gathers, state, stratum, spans
         ctx.set_materialize_grads(False)  # a bucket whose input gets no gradient adds nothing
-        return tuple(buf.index_select(0, index) for index in gathers)
+        out = tuple(buf.index_select(0, index) for index in gathers)
+        if not genes_need_grad:
+            ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
+        return out
 
     @staticmethod
     @once_differentiable
@@ -56,21 +62,34 @@ class _ReadStratum(torch.autograd.Function):
             state.grad_buf.index_add_(0, index, grad)
         grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
         out = tuple(grad_buf[a:b].view(shape) if need and grad_buf is not None else None
-                    for (a, b, shape), need in zip(ctx.spans, ctx.needs_input_grad[5:]))
+                    for (a, b, shape), need in zip(ctx.spans, ctx.needs_input_grad[7:]))
         if ctx.stratum == state.last_reader:
             state.grad_buf = None
-        return (None, None, None, None, None) + out
+        return (None,) * 7 + out
 
 
 class Stratum(nn.Module):
-    def __init__(self, gathers: list[torch.Tensor], buckets: list[TermBucket]):
+    def __init__(self, child_gathers: list[torch.Tensor], gene_gathers: list[torch.Tensor],
+                 buckets: list[TermBucket]):
         super().__init__()
-        for k, gather in enumerate(gathers):  # [n_k * f_max_k] buffer rows of bucket k's inputs
-            self.register_buffer(f"gather_{k}", gather, persistent=False)
+        self.parts: list[tuple[int, bool]] = []  # (bucket, is gene part) of every gather, in read order
+        for k, (child, gene) in enumerate(zip(child_gathers, gene_gathers)):
+            for is_gene, gather in ((False, child), (True, gene)):
+                if gather.numel():  # [n_k * c_max_k] or [n_k * g_max_k] buffer rows of bucket k's inputs
+                    self.register_buffer(f"gather_{len(self.parts)}", gather, persistent=False)
+                    self.parts.append((k, is_gene))
         self.buckets = nn.ModuleList(buckets)
 
     def gathers(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f"gather_{k}") for k in range(len(self.buckets)))
+        return tuple(getattr(self, f"gather_{i}") for i in range(len(self.parts)))
+
+    def bucket_inputs(self, parts: tuple[torch.Tensor, ...], B: int) -> list[list[torch.Tensor | None]]:
+        """[children input [n, c_max, B] or None, gene input [n, g_max, B] or None] per bucket."""
+        out: list[list[torch.Tensor | None]] = [[None, None] for _ in self.buckets]
+        for (k, is_gene), part in zip(self.parts, parts):
+            bucket = self.buckets[k]
+            out[k][is_gene] = part.view(bucket.n, bucket.g_max if is_gene else bucket.c_max, B)
+        return out
 
 
 class StratumDCell(nn.Module):
@@ -83,10 +102,15 @@ class StratumDCell(nn.Module):
         act = activation_fn(cfg.activation)
         strata = []
         for buckets in plan.strata:
-            mods = [TermBucket([sizes.widths[t] for t in b.terms], [sizes.fan_in(t) for t in b.terms], b.width,
-                               b.fan_in, b.row_offset, cfg.subsystem_layers, cfg.norm_type, cfg.norm_order, act)
-                    for b in buckets]
-            strata.append(Stratum([torch.from_numpy(b.gather) for b in buckets], mods))
+            mods = []
+            for b in buckets:
+                genes = [len(sizes.direct_genes[t]) * sizes.token_dim for t in b.terms]
+                mods.append(TermBucket([sizes.widths[t] for t in b.terms],
+                                       [sizes.fan_in(t) - g for t, g in zip(b.terms, genes)], genes, b.width,
+                                       b.child_fan, b.gene_fan, b.row_offset, cfg.subsystem_layers, cfg.norm_type,
+                                       cfg.norm_order, act))
+            strata.append(Stratum([torch.from_numpy(b.child_gather) for b in buckets],
+                                  [torch.from_numpy(b.gene_gather) for b in buckets], mods))
         self.strata = nn.ModuleList(strata)
         self.strata_start = plan.strata[0][0].row_offset
         self.register_buffer("head_order", torch.from_numpy(plan.head_order), persistent=False)  # [T]
@@ -119,7 +143,8 @@ class StratumDCell(nn.Module):
 
     def decay_weights(self) -> list[torch.Tensor]:
         """Weight matrices under the L2 penalty (padded entries are zero, so they add nothing)."""
-        out = [w for b in self.buckets() for w in b.weights] + [b.head_weight for b in self.buckets()]
+        out = [w for b in self.buckets() for w in (b.child_weight, b.gene_weight, *b.layer_weights) if w is not None]
+        out += [b.head_weight for b in self.buckets()]
         if self.token_proj is not None:
             out.append(self.token_proj.weight)
         if self.attention is not None:
@@ -138,6 +163,7 @@ class StratumDCell(nn.Module):
         buf = x.new_empty(self.plan.num_rows, B)  # every row but row 0 is written before it is read
         buf[0].zero_()
         sources, spans = self._gene_region(x)
+        genes_need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         state = _BackwardState(self.plan.num_rows)
         readers = []
         heads, outs = [], []
@@ -147,10 +173,11 @@ class StratumDCell(nn.Module):
         for s, stratum in enumerate(self.strata):
             if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
                 readers.append(s)
-            inputs = _ReadStratum.apply(buf, stratum.gathers(), state, s, spans, *sources)
+            parts = _ReadStratum.apply(buf, stratum.gathers(), tuple(g for _, g in stratum.parts), genes_need_grad,
+                                       state, s, spans, *sources)
             sources, spans = [], []
-            for bucket, inp in zip(stratum.buckets, inputs):
-                out, head = bucket(inp.view(bucket.n, bucket.f_max, B))
+            for bucket, (inp_c, inp_g) in zip(stratum.buckets, stratum.bucket_inputs(parts, B)):
+                out, head = bucket(inp_c, inp_g)
                 a, b = bucket.row_offset, bucket.row_offset + bucket.n * bucket.w_max
                 with torch.no_grad():
                     buf[a:b].copy_(out.view(b - a, B))
