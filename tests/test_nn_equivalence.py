@@ -64,6 +64,7 @@ CASES = {
     "alpha0": (dict(), dict(alpha=0.0)),
     "aux_mean_decay": (dict(), dict(aux_reduction="mean", weight_decay=0.01)),
     "tight_buckets": (dict(bucket_overhead=0, min_width=3, width_ratio=2.0), dict(weight_decay=0.001)),
+    "dense_gene_inputs": (dict(sparse_gene_inputs=False, min_width=3, width_ratio=2.0), dict()),
 }
 
 
@@ -90,16 +91,21 @@ def step(model, x, y, loss_cfg, genotype_grad=True):
     return out, parts, x.grad
 
 
-def assert_same_parameter_gradients(hierarchy: Hierarchy, model_kw: dict, batch: int = 6) -> None:
+def assert_same_parameter_gradients(hierarchy: Hierarchy, model_kw: dict, batch: int = 6,
+                                    x: torch.Tensor | None = None) -> None:
     """Genotypes without requires_grad (as in training): the gene input parts take the path that computes no
-    input gradient; every parameter gradient must still equal the oracle's."""
+    input gradient (and, for binary genes, the sparse path); outputs and every parameter gradient must still
+    equal the oracle's."""
     cfg, loss_cfg = ModelConfig(**model_kw), LossConfig()
     torch.manual_seed(0)
     oracle = build_dcell(hierarchy, cfg, fast=False).double()
     fast = from_oracle(oracle)
-    x, y = genotypes(hierarchy.num_genes, batch, seed=1)
-    step(oracle, x, y, loss_cfg, genotype_grad=False)
-    step(fast, x, y, loss_cfg, genotype_grad=False)
+    x_dense, y = genotypes(hierarchy.num_genes, batch, seed=1)
+    x = x_dense if x is None else x
+    out_o, _, _ = step(oracle, x, y, loss_cfg, genotype_grad=False)
+    out_f, _, _ = step(fast, x, y, loss_cfg, genotype_grad=False)
+    close(out_o.aux, out_f.aux, "auxiliary predictions")
+    close(out_o.states, out_f.states, "term states")
     grads_f = oracle_gradients(fast)
     for name, p in oracle.named_parameters():
         assert grads_f[name] is not None, f"{name}: no gradient in the fast model"
@@ -143,9 +149,37 @@ def test_fast_equals_oracle_hand_hierarchy(case):
     assert_equivalent(hand_hierarchy(), model_kw, loss_kw)
 
 
-@pytest.mark.parametrize("case", ["paper", "direct", "layers2_batch", "embedding8", "attention2_binary"])
+@pytest.mark.parametrize("case", ["paper", "direct", "layers2_batch", "layer", "tight_buckets", "embedding8",
+                                  "attention2_binary", "dense_gene_inputs"])
 def test_fast_equals_oracle_without_genotype_gradient(case):
     assert_same_parameter_gradients(hand_hierarchy(), CASES[case][0])
+
+
+@pytest.mark.parametrize("case", ["paper", "tight_buckets"])
+def test_sparse_gene_path_with_one_disrupted_gene_per_sample(case):
+    """As in real screens: most genes, and whole buckets, see no disrupted gene in a batch; their gene weights
+    still get a (zero) gradient, as from the oracle's dense matmul, and a repeated gene accumulates."""
+    h = hand_hierarchy()
+    x = torch.zeros(5, h.num_genes, dtype=torch.float64)
+    g1, g4 = h.gene_index["g1"], h.gene_index["g4"]
+    x[torch.arange(5), torch.tensor([g1, g1, g4, g1, h.gene_index["k3"]])] = 1.0
+    assert_same_parameter_gradients(h, dict(CASES[case][0], norm_type="layer"), batch=5, x=x)
+
+
+def test_sparse_gene_path_reads_no_gene_inputs():
+    """With binary genotypes that need no gradient, no gene input rows are gathered from the activation buffer
+    (no index_select of gene parts): the strata read only children parts."""
+    h = hand_hierarchy()
+    x, y = genotypes(h.num_genes, 4, seed=0)
+    counts = {}
+    for sparse in (True, False):
+        fast = build_dcell(h, ModelConfig(sparse_gene_inputs=sparse)).double()
+        with OpCounter(torch.ops.aten.index_select.default, rows=fast.plan.num_rows) as counter:
+            fast(x)
+        counts[sparse] = counter.count
+    children = sum(not g for st in fast.strata for _, g in st.parts)
+    genes = sum(g for st in fast.strata for _, g in st.parts)
+    assert counts == {True: children, False: children + genes}
 
 
 def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
@@ -158,22 +192,12 @@ def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
         parts = [is_gene for st in fast.strata for _, is_gene in st.parts]
         x, y = genotypes(h.num_genes, 4, seed=0)
         x.requires_grad_(genotype_grad)
-        with IndexAddCounter() as counter:
+        with OpCounter(torch.ops.aten.index_add_.default) as counter:
             dcell_loss(fast(x), y, LossConfig())[0].backward()
         genes_need_grad = genotype_grad or model_kw.get("learnable_embedding_dim", 0) > 0
         children = sum(not g for g in parts)
         assert children > 0 and sum(parts) > 0
         assert counter.count == children + (sum(parts) if genes_need_grad else 0), (model_kw, genotype_grad)
-
-
-class IndexAddCounter(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten.index_add_.default
-        return func(*args, **(kwargs or {}))
 
 
 def test_hand_hierarchy_exercises_padding_and_term_kinds():
@@ -266,12 +290,14 @@ def replicated_hierarchy(copies: int) -> Hierarchy:
 
 
 class OpCounter(TorchDispatchMode):
-    def __init__(self):
+    """Counts dispatched ops (only `op` when given, and only calls whose first argument has `rows` rows)."""
+
+    def __init__(self, op=None, rows=None):
         super().__init__()
-        self.count = 0
+        self.count, self.op, self.rows = 0, op, rows
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        self.count += (self.op is None or func is self.op) and (self.rows is None or args[0].shape[0] == self.rows)
         return func(*args, **(kwargs or {}))
 
 
@@ -367,5 +393,5 @@ def test_every_knob_value_is_covered():
         for v in values:
             assert (field, v) in covered, f"{field}={v!r} has no equivalence case"
     for field in ("init_range", "subsystem_layers", "learnable_embedding_dim", "num_attention_heads", "alpha",
-                  "weight_decay", "min_width", "width_ratio"):
+                  "weight_decay", "min_width", "width_ratio", "sparse_gene_inputs"):
         assert len({v for k, v in covered if k == field}) >= 2, f"{field}: only the default is tested"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS
 
@@ -87,13 +88,18 @@ class TermBucket(nn.Module):
         return [name for name, p in self.named_parameters() if bool((p.detach()[~masks[name]] != 0).any())]
 
     # ---- compute ------------------------------------------------------------------------------------
-    def forward(self, inp_c: torch.Tensor | None, inp_g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """children inputs [n, c_max, B], gene inputs [n, g_max, B] (None where the part is empty)
-        -> (O [n, w_max, B], head outputs [n, 1, B])."""
+    def forward(self, inp_c: torch.Tensor | None, inp_g: torch.Tensor | None,
+                sparse_genes: tuple[torch.Tensor, ...] | None = None, batch: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """children inputs [n, c_max, B], gene inputs [n, g_max, B] (None where the part is empty), or instead
+        of the gene inputs their nonzero entries (slot i, column j, sample b, value), each [m], and the batch
+        size -> (O [n, w_max, B], head outputs [n, 1, B])."""
         h = self.biases[0]
         if self.child_weight is not None:
             h = torch.baddbmm(h, self.child_weight, inp_c)  # [n, w_max, B]
-        if self.gene_weight is not None:
+        if self.gene_weight is not None and sparse_genes is not None:
+            h = _SparseGeneColumns.apply(h, self.gene_weight, self.child_weight is not None, *sparse_genes, batch)
+        elif self.gene_weight is not None:
             h = torch.baddbmm(h, self.gene_weight, inp_g)
         for k in range(len(self.biases)):
             if k:
@@ -120,3 +126,36 @@ class TermBucket(nn.Module):
         centered = (h - mean) * self.row_mask
         var = (centered * centered).sum(1, keepdim=True) / self.width_f
         return centered * torch.rsqrt(var + NORM_EPS) * gain.unsqueeze(-1) + shift.unsqueeze(-1)
+
+
+class _SparseGeneColumns(torch.autograd.Function):
+    """h [n, w_max, B] (or the bias [n, w_max, 1]) + the gene columns of the first layer applied to the gene
+    inputs, given only their nonzero entries: out[i, :, b] += value x weight[i, :, j] for every entry. Exact for
+    any input values; its cost grows with the entries, not with the gene columns, so it is fast when a genotype
+    disrupts a few genes. The weight gradient is dense (zero where no entry touched it), as the matmul's."""
+
+    @staticmethod
+    def forward(ctx, h, weight, in_place, i, j, b, value, batch):
+        n, w, _ = weight.shape
+        out = h if in_place else h.expand(n, w, batch).contiguous()
+        cols = torch.arange(w, device=weight.device)
+        rows = weight[i.unsqueeze(1), cols, j.unsqueeze(1)] * value.unsqueeze(1)  # [m, w_max]
+        out.index_put_((i.unsqueeze(1), cols, b.unsqueeze(1)), rows, accumulate=True)
+        if in_place:
+            ctx.mark_dirty(out)
+        ctx.save_for_backward(i, j, b, value)
+        ctx.in_place, ctx.weight_shape = in_place, weight.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        i, j, b, value = ctx.saved_tensors
+        grad_h = grad if ctx.in_place else grad.sum(-1, keepdim=True)
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            cols = torch.arange(ctx.weight_shape[1], device=grad.device)
+            rows = grad[i.unsqueeze(1), cols, b.unsqueeze(1)] * value.unsqueeze(1)  # [m, w_max]
+            grad_w = grad.new_zeros(ctx.weight_shape)
+            grad_w.index_put_((i.unsqueeze(1), cols, j.unsqueeze(1)), rows, accumulate=True)
+        return grad_h, grad_w, None, None, None, None, None, None

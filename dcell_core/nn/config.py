@@ -56,6 +56,10 @@ class ModelConfig:
     # shape buckets; a new bucket is opened when padding would cost more than this many multiply-adds per
     # sample. Larger = fewer, more padded buckets (fewer ops); smaller = tighter buckets.
     bucket_overhead: int = 20000
+    # Speed only (never changes results beyond float rounding): with binary gene inputs (no embedding, no
+    # attention) and genotypes that need no gradient, the first layer's gene columns are applied from the
+    # nonzero genotype entries (a few disrupted genes per sample) instead of a dense matmul over all gene inputs.
+    sparse_gene_inputs: bool = True
 
     def validate(self) -> None:
         """Raise one ValueError listing every invalid field with its value."""

@@ -15,6 +15,7 @@ stratum s-1's rows is already in the buffer.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,13 +81,17 @@ class Stratum(nn.Module):
                     self.parts.append((k, is_gene))
         self.buckets = nn.ModuleList(buckets)
 
-    def gathers(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f"gather_{i}") for i in range(len(self.parts)))
+    def read_parts(self, genes: bool) -> list[tuple[int, bool]]:
+        """The (bucket, is gene part) pairs to read: all, or only the children parts."""
+        return [p for p in self.parts if genes or not p[1]]
 
-    def bucket_inputs(self, parts: tuple[torch.Tensor, ...], B: int) -> list[list[torch.Tensor | None]]:
+    def gathers(self, genes: bool) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f"gather_{i}") for i, p in enumerate(self.parts) if genes or not p[1])
+
+    def bucket_inputs(self, parts: tuple[torch.Tensor, ...], B: int, genes: bool) -> list[list[torch.Tensor | None]]:
         """[children input [n, c_max, B] or None, gene input [n, g_max, B] or None] per bucket."""
         out: list[list[torch.Tensor | None]] = [[None, None] for _ in self.buckets]
-        for (k, is_gene), part in zip(self.parts, parts):
+        for (k, is_gene), part in zip(self.read_parts(genes), parts):
             bucket = self.buckets[k]
             out[k][is_gene] = part.view(bucket.n, bucket.g_max if is_gene else bucket.c_max, B)
         return out
@@ -125,7 +130,45 @@ class StratumDCell(nn.Module):
             self.register_buffer(f"attn_valid_{a}", torch.from_numpy(ap.valid), persistent=False)  # [n, g_max]
         if cfg.norm_type == "batch":
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.binary_genes = d == 0 and heads == 0  # the gene region is the genotype itself, one row per gene
+        if self.binary_genes:
+            self._register_gene_slots()
         self.reset_parameters()
+
+    def _register_gene_slots(self) -> None:
+        """Gene -> (bucket, term slot i, gene column j) of every gene input slot, grouped by gene (CSR), for the
+        sparse gene path (`_sparse_gene_entries`)."""
+        gene_start = self.plan.gene_rows[0]
+        table = []  # (gene, bucket, i, j)
+        for q, bucket in enumerate(self.buckets()):
+            s, k = next((s, k) for s, st in enumerate(self.strata) for k, b in enumerate(st.buckets) if b is bucket)
+            gather = self.plan.strata[s][k].gene_gather.reshape(bucket.n, bucket.g_max)
+            i, j = np.nonzero(gather)  # row 0 = padding
+            table.append(np.stack([gather[i, j] - gene_start, np.full_like(i, q), i, j], axis=1))
+        table = np.concatenate(table) if table else np.zeros((0, 4), dtype=np.int64)
+        table = table[np.lexsort((table[:, 1], table[:, 0]))]
+        ptr = np.searchsorted(table[:, 0], np.arange(self.sizes.num_genes + 1))
+        for name, value in (("gene_slot_ptr", ptr), ("gene_slot_bucket", table[:, 1]), ("gene_slot_i", table[:, 2]),
+                            ("gene_slot_j", table[:, 3])):
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value, dtype=np.int64)),
+                                 persistent=False)
+
+    def _sparse_gene_entries(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per bucket, the nonzero gene inputs as (slot i, gene column j, sample b, value) [m] each: every
+        nonzero genotype entry x[b, g] once for each input slot of gene g."""
+        b_nz, g_nz = x.nonzero(as_tuple=True)
+        value = x[b_nz, g_nz]
+        start = self.gene_slot_ptr[g_nz]
+        count = self.gene_slot_ptr[g_nz + 1] - start
+        src = torch.repeat_interleave(torch.arange(len(g_nz), device=x.device), count)  # entry -> nonzero
+        first = torch.cumsum(count, 0) - count
+        slot = start[src] + torch.arange(len(src), device=x.device) - first[src]
+        bucket = self.gene_slot_bucket[slot]
+        bucket, order = torch.sort(bucket, stable=True)
+        slot, src = slot[order], src[order]
+        sizes = torch.bincount(bucket, minlength=len(self.buckets())).tolist()
+        columns = (self.gene_slot_i[slot], self.gene_slot_j[slot], b_nz[src], value[src])
+        return list(zip(*(c.split(sizes) for c in columns)))
 
     def reset_parameters(self) -> None:
         r = self.cfg.init_range
@@ -164,6 +207,9 @@ class StratumDCell(nn.Module):
         buf[0].zero_()
         sources, spans = self._gene_region(x)
         genes_need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        # binary genotypes needing no gradient: gene columns computed from the nonzero entries only
+        sparse = self.binary_genes and self.cfg.sparse_gene_inputs and not genes_need_grad
+        entries = iter(self._sparse_gene_entries(x)) if sparse else None
         state = _BackwardState(self.plan.num_rows)
         readers = []
         heads, outs = [], []
@@ -173,11 +219,12 @@ class StratumDCell(nn.Module):
         for s, stratum in enumerate(self.strata):
             if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
                 readers.append(s)
-            parts = _ReadStratum.apply(buf, stratum.gathers(), tuple(g for _, g in stratum.parts), genes_need_grad,
+            parts = _ReadStratum.apply(buf, stratum.gathers(not sparse),
+                                       tuple(g for _, g in stratum.read_parts(not sparse)), genes_need_grad,
                                        state, s, spans, *sources)
             sources, spans = [], []
-            for bucket, (inp_c, inp_g) in zip(stratum.buckets, stratum.bucket_inputs(parts, B)):
-                out, head = bucket(inp_c, inp_g)
+            for bucket, (inp_c, inp_g) in zip(stratum.buckets, stratum.bucket_inputs(parts, B, not sparse)):
+                out, head = bucket(inp_c, inp_g, next(entries) if sparse else None, B)
                 a, b = bucket.row_offset, bucket.row_offset + bucket.n * bucket.w_max
                 with torch.no_grad():
                     buf[a:b].copy_(out.view(b - a, B))
