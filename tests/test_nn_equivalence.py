@@ -183,7 +183,7 @@ def test_sparse_gene_path_reads_no_gene_inputs():
 
 
 def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
-    """Only children input parts scatter their gradient back (one index_add_ each); gene parts add none unless
+    """Only children input parts scatter their gradient into the buffer (one index_add_ each); gene parts add none unless
     the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
     h = hand_hierarchy()
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
         parts = [is_gene for st in fast.strata for _, is_gene in st.parts]
         x, y = genotypes(h.num_genes, 4, seed=0)
         x.requires_grad_(genotype_grad)
-        with OpCounter(torch.ops.aten.index_add_.default) as counter:
+        with OpCounter(torch.ops.aten.index_add_.default, rows=fast.plan.num_rows) as counter:
             dcell_loss(fast(x), y, LossConfig())[0].backward()
         genes_need_grad = genotype_grad or model_kw.get("learnable_embedding_dim", 0) > 0
         children = sum(not g for g in parts)

@@ -140,7 +140,8 @@ class _SparseGeneColumns(torch.autograd.Function):
         out = h if in_place else h.expand(n, w, batch).contiguous()
         cols = torch.arange(w, device=weight.device)
         rows = weight[i.unsqueeze(1), cols, j.unsqueeze(1)] * value.unsqueeze(1)  # [m, w_max]
-        out.index_put_((i.unsqueeze(1), cols, b.unsqueeze(1)), rows, accumulate=True)
+        # index_add_ into the flat tensor adds in entry order (deterministic; index_put_ may not be)
+        out.view(-1).index_add_(0, ((i.unsqueeze(1) * w + cols) * batch + b.unsqueeze(1)).view(-1), rows.view(-1))
         if in_place:
             ctx.mark_dirty(out)
         ctx.save_for_backward(i, j, b, value)
@@ -154,8 +155,9 @@ class _SparseGeneColumns(torch.autograd.Function):
         grad_h = grad if ctx.in_place else grad.sum(-1, keepdim=True)
         grad_w = None
         if ctx.needs_input_grad[1]:
-            cols = torch.arange(ctx.weight_shape[1], device=grad.device)
+            _, w, g = ctx.weight_shape
+            cols = torch.arange(w, device=grad.device)
             rows = grad[i.unsqueeze(1), cols, b.unsqueeze(1)] * value.unsqueeze(1)  # [m, w_max]
             grad_w = grad.new_zeros(ctx.weight_shape)
-            grad_w.index_put_((i.unsqueeze(1), cols, j.unsqueeze(1)), rows, accumulate=True)
+            grad_w.view(-1).index_add_(0, ((i.unsqueeze(1) * w + cols) * g + j.unsqueeze(1)).view(-1), rows.view(-1))
         return grad_h, grad_w, None, None, None, None, None, None
