@@ -51,11 +51,13 @@ class Plan:
     stats: dict = field(default_factory=dict)
 
 
-def partition(shapes: list[tuple[int, int, int]], extra_layers: int, overhead: int) -> list[list[int]]:
+def partition(shapes: list[tuple[int, int, int]], extra_layers: int, overhead: int,
+              gene_cost: float = 1.0) -> list[list[int]]:
     """Split items of shape (width, child fan-in, gene fan-in) into buckets minimizing padded multiply-adds plus
     `overhead` per bucket.
 
-    Cost of a bucket of n items: n x w_max x (c_max + g_max + extra_layers x w_max) + overhead. Exact dynamic
+    Cost of a bucket of n items: n x w_max x (c_max + gene_cost x g_max + extra_layers x w_max) + overhead
+    (gene_cost < 1 where gene columns are applied sparsely: their padding costs memory, not multiply-adds). Exact dynamic
     programming over contiguous runs of the distinct shapes sorted by each of a few keys; the cheapest partition
     wins. Returns lists of item positions; deterministic for a given multiset of shapes.
     """
@@ -68,13 +70,13 @@ def partition(shapes: list[tuple[int, int, int]], extra_layers: int, overhead: i
             lambda s: (s[1], s[2], s[0]), lambda s: (s[2], s[1], s[0]))
     for key in keys:
         order = sorted(distinct, key=key)
-        cost, cuts = _dp(order, [len(groups[s]) for s in order], extra_layers, overhead)
+        cost, cuts = _dp(order, [len(groups[s]) for s in order], extra_layers, overhead, gene_cost)
         if cost < best_cost:
             best_cost, best = cost, [[i for s in order[a:b] for i in groups[s]] for a, b in cuts]
     return best
 
 
-def _dp(order, counts, extra_layers: int, overhead: int):
+def _dp(order, counts, extra_layers: int, overhead: int, gene_cost: float):
     w, c, g = (np.array([s[k] for s in order], dtype=np.float64) for k in range(3))
     n_of = np.array(counts, dtype=np.float64)
     n = len(order)
@@ -86,7 +88,7 @@ def _dp(order, counts, extra_layers: int, overhead: int):
         c_max = np.maximum.accumulate(c[j - 1::-1])
         g_max = np.maximum.accumulate(g[j - 1::-1])
         n_items = np.cumsum(n_of[j - 1::-1])
-        total = cost[j - 1::-1] + n_items * w_max * (c_max + g_max + extra_layers * w_max) + overhead
+        total = cost[j - 1::-1] + n_items * w_max * (c_max + gene_cost * g_max + extra_layers * w_max) + overhead
         k = int(np.argmin(total))
         cost[j], start[j] = total[k], j - 1 - k
     cuts, j = [], n
@@ -96,7 +98,7 @@ def _dp(order, counts, extra_layers: int, overhead: int):
     return cost[n], cuts[::-1]
 
 
-def build_plan(sizes: TermSizes, layers: int, attention: bool, overhead: int) -> Plan:
+def build_plan(sizes: TermSizes, layers: int, attention: bool, overhead: int, gene_cost: float = 1.0) -> Plan:
     T, E = sizes.num_terms, sizes.token_dim
     strata = sizes.strata()
     next_row = 1  # row 0 is the zero row
@@ -135,7 +137,7 @@ def build_plan(sizes: TermSizes, layers: int, attention: bool, overhead: int) ->
         child_fans = [sizes.fan_in(t) - len(sizes.direct_genes[t]) * E for t in terms_s]
         shapes = [(sizes.widths[t], cf, sizes.fan_in(t) - cf) for t, cf in zip(terms_s, child_fans)]
         buckets = []
-        for k, members in enumerate(partition(shapes, layers - 1, overhead)):
+        for k, members in enumerate(partition(shapes, layers - 1, overhead, gene_cost)):
             terms = [terms_s[i] for i in members]
             w_max = max(shapes[i][0] for i in members)
             c_max = max(shapes[i][1] for i in members)

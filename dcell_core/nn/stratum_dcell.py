@@ -3,7 +3,9 @@
 Forward keeps all term outputs in one neuron-major activation buffer [rows, B] (layout in plan.py). Stratum s
 reads its whole input with one index_select per bucket and input part (`_ReadStratum`; a bucket's children part
 and gene part are read separately, and the gene part is marked non-differentiable unless the gene region needs a
-gradient, so no input gradient is computed or scattered for gene columns), each of its buckets runs padded batched matmuls
+gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes that need no
+gradient the gene part is not read at all: `_SparseGeneColumns` applies the gene columns from the nonzero genotype
+entries), each of its buckets runs padded batched matmuls
 (`TermBucket`), and the bucket outputs are copied into the buffer for the strata above. No Python loop runs
 over terms or samples; the op count grows with strata and buckets.
 
@@ -25,6 +27,11 @@ from dcell_core.nn.buckets import TermBucket
 from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
 from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.plan import build_plan
+
+
+# Bucket planning weight of a padded gene column on the sparse gene path relative to a dense column (it costs
+# parameter memory and optimizer work, not multiply-adds); measured on yeast_go, see docs/performance.md.
+SPARSE_GENE_COST = 0.25
 
 
 class _BackwardState:
@@ -102,8 +109,11 @@ class StratumDCell(nn.Module):
         super().__init__()
         cfg.validate()
         self.sizes, self.cfg = sizes, cfg
-        self.plan = plan = build_plan(sizes, cfg.subsystem_layers, cfg.num_attention_heads > 0,
-                                      cfg.bucket_overhead)
+        # the gene region is the genotype itself, one row per gene: the sparse gene path applies
+        self.binary_genes = cfg.learnable_embedding_dim == 0 and cfg.num_attention_heads == 0
+        sparse_genes = self.binary_genes and cfg.sparse_gene_inputs
+        self.plan = plan = build_plan(sizes, cfg.subsystem_layers, cfg.num_attention_heads > 0, cfg.bucket_overhead,
+                                      SPARSE_GENE_COST if sparse_genes else 1.0)
         act = activation_fn(cfg.activation)
         strata = []
         for buckets in plan.strata:
@@ -130,7 +140,6 @@ class StratumDCell(nn.Module):
             self.register_buffer(f"attn_valid_{a}", torch.from_numpy(ap.valid), persistent=False)  # [n, g_max]
         if cfg.norm_type == "batch":
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-        self.binary_genes = d == 0 and heads == 0  # the gene region is the genotype itself, one row per gene
         if self.binary_genes:
             self._register_gene_slots()
         self.reset_parameters()
