@@ -137,7 +137,9 @@ class _SparseGeneColumns(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, in_place, i, j, b, value, batch):
         n, w, _ = weight.shape
-        out = h if in_place else h.expand(n, w, batch).contiguous()
+        # A copy even at batch 1, where h (the bias, [n, w, 1]) expanded is already contiguous and .contiguous()
+        # would return the parameter itself, which the index_add_ below would then change in place.
+        out = h if in_place else h.expand(n, w, batch).clone(memory_format=torch.contiguous_format)
         cols = torch.arange(w, device=weight.device)
         rows = weight[i.unsqueeze(1), cols, j.unsqueeze(1)] * value.unsqueeze(1)  # [m, w_max]
         # index_add_ into the flat tensor adds in entry order (deterministic; index_put_ may not be)
