@@ -17,14 +17,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("overrides", nargs="*", help="extra fixed Hydra overrides for every trial (train.epochs=3 ...)")
     ap.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: the file's search.max_concurrent)")
-    ap.add_argument("--address", help="existing Ray cluster: auto or ray://host:10001 (default: local Ray)")
-    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in the project directory)")
+    ap.add_argument("--address", help="existing Ray cluster, e.g. auto on its head node (default: a local Ray); "
+                                      "with more than one node it needs an MLflow server as --tracking-uri and a "
+                                      "--project-dir on storage every node shares (docs/cluster.md)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI: http://<server>:<port> for an MLflow server "
+                                           "(default: sqlite mlflow.db in the project directory, one machine only)")
     ap.add_argument("--name", help="name of this search run (default: <search name>-<timestamp>); with --resume, "
                                    "the search to continue")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted search (the latest one of this "
                                                           "file, or --name)")
     ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
-                    help="where mlflow.db, mlartifacts/ and ray_results/ live (default: the working directory)")
+                    help="where mlflow.db, mlartifacts/ and ray_results/ live (default: the working directory); on "
+                         "a cluster, a directory every node shares (NFS, EFS, Filestore, a ReadWriteMany volume)")
     ap.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
     return ap
 
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
             return USAGE_EXIT
+    from dcell_core.search.cluster import ClusterMismatch
     from dcell_core.search.driver import SearchRequest, SearchUsageError, run_search
     from dcell_core.search.tracking import TrackingUnavailable
 
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_failures=args.max_failures)
     try:
         outcome = run_search(req)
-    except (SearchUsageError, TrackingUnavailable) as e:
+    except (SearchUsageError, TrackingUnavailable, ClusterMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT
     return 0 if outcome.complete else 1

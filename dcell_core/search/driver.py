@@ -1,7 +1,9 @@
 """The search driver: validate, record a parent run, run Ray Tune (or resume it), summarize.
 
 Layout under the project directory: `mlflow.db` + `mlartifacts/` (the embedded tracking store) and
-`ray_results/<search run name>/` (Tune's experiment state, trial checkpoints, `dcell_search.json`).
+`ray_results/<search run name>/` (Tune's experiment state, trial checkpoints, `dcell_search.json`). On a cluster
+(`address`) the project directory must be on storage every node shares, and the tracking URI an MLflow server
+every node reaches (checked by dcell_core.search.cluster before anything is recorded; docs/cluster.md).
 """
 from __future__ import annotations
 
@@ -72,25 +74,29 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     num_samples = state["num_samples"] if state else space.search.num_samples
     max_concurrent = state["max_concurrent"] if state else space.search.max_concurrent
     tracking_uri = (state["tracking_uri"] if state else req.tracking_uri) or tracking.default_tracking_uri(project)
-    client = tracking.check_reachable(tracking_uri)
-
-    from dcell_core.config import compose
-    from dcell_core.data import load_run_data
-
-    base_overrides = [*space.overrides, f"cache_dir={format_override_value(_cache_dir())}",
-                      f"base_dir={format_override_value(str(project))}"]
-    base_cfg = compose(base_overrides)
-    data = load_run_data(base_cfg)  # builds the shared caches once, before trials race for them
-    name = state["name"] if state else (req.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    artifact_root = tracking.default_artifact_root(project) if tracking.is_local_store(tracking_uri) else None
-    exp_id = tracking.experiment_id(client, space.name, artifact_root)
 
     import ray
 
-    ray.init(address=req.address or "local", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(project)}} if req.address else None)
+    from dcell_core.search import cluster
+
+    if req.address:  # the cluster's tracking checks need its nodes: connect before anything is recorded
+        cluster.connect(req.address)
     try:
-        _refuse_local_store_on_cluster(req.address, tracking_uri)
+        cluster.check_tracking(req.address, tracking_uri, space.resources.cpu, space.resources.gpu)
+        client = tracking.check_reachable(tracking_uri)
+        if not req.address:  # a local Ray starts only once the tracking store answered
+            cluster.connect(None)
+
+        from dcell_core.config import compose
+        from dcell_core.data import load_run_data
+
+        base_overrides = [*space.overrides, f"cache_dir={format_override_value(_cache_dir())}",
+                          f"base_dir={format_override_value(str(project))}"]
+        base_cfg = compose(base_overrides)
+        data = load_run_data(base_cfg)  # builds the shared caches once, before trials race for them
+        name = state["name"] if state else (req.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        artifact_root = tracking.default_artifact_root(project) if tracking.is_local_store(tracking_uri) else None
+        exp_id = tracking.experiment_id(client, space.name, artifact_root)
         if state:
             parent_run_id = state["parent_run_id"]
             client.update_run(parent_run_id, status="RUNNING")
@@ -240,17 +246,6 @@ def _write_state(path: Path, state: dict) -> None:
     from dcell_core.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(state, indent=1).encode())
-
-
-def _refuse_local_store_on_cluster(address: str | None, uri: str) -> None:
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if address and tracking.is_local_store(uri) and len(nodes) > 1:
-        raise SearchUsageError(
-            f"the tracking store {uri} is a local file, but the Ray cluster at {address} has {len(nodes)} nodes: "
-            "trials on other nodes cannot write to it. Start an MLflow server reachable from every node "
-            "(mlflow server --host 0.0.0.0 ...) and pass --tracking-uri http://<head-ip>:<port>")
 
 
 def _cache_dir() -> str:

@@ -14,6 +14,8 @@ from ray import tune
 
 from dcell_core.search import tracking
 
+TAG_RETRIES = "dcell.retries"  # how often Tune restarted the trial after a crash
+
 
 class SearchProgress(tune.Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, mode: str,
@@ -70,6 +72,18 @@ class SearchProgress(tune.Callback):
         self.outcome[trial.trial_id] = "failed"
         self._print(trials, force=True)
         print(f"  trial {trial.trial_id} failed: {_error_text(trial)}", file=self.stream, flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A crashed trial (its node lost, its worker killed) that Tune starts again from its last checkpoint: its
+        run stays RUNNING and records the attempt; the trial sets its new node when it starts."""
+        self.trials = trials
+        error = _error_text(trial)
+        run = tracking.find_child_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        if run is not None:
+            tracking.set_tags(self.client, run.info.run_id, {TAG_RETRIES: trial.num_failures,
+                                                             "dcell.last_failure": error})
+        print(f"  trial {trial.trial_id} crashed ({error}); retry {trial.num_failures} from its last checkpoint",
+              file=self.stream, flush=True)
 
     def on_experiment_end(self, trials, **info):
         self.trials = trials

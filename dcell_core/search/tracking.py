@@ -5,13 +5,23 @@ retried or resumed writes to the run it already has; statuses are set explicitly
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.environment_variables import (
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER,
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    MLFLOW_HTTP_REQUEST_TIMEOUT,
+)
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request, verify_rest_response
 
 TAG_PARENT = "mlflow.parentRunId"
 TAG_TRIAL = "dcell.trial_id"
@@ -38,18 +48,60 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
-def check_reachable(uri: str, timeout_s: int = 5) -> MlflowClient:
-    """A client for `uri` after one real request; a clear TrackingUnavailable otherwise."""
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
-    client = MlflowClient(tracking_uri=uri)
+def is_loopback(uri: str) -> bool:
+    """An http(s) URI whose host is this machine only (localhost, 127.0.0.0/8, ::1)."""
+    host = urlparse(uri).hostname or ""
+    if host == "localhost":
+        return True
     try:
-        client.search_experiments(max_results=1)
-    except Exception as e:  # any failure of the first request means: no usable store
-        raise TrackingUnavailable(f"MLflow tracking store {uri} is not reachable: {type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    return client
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, it names a machine on some network
+        return False
+
+
+# MLflow client settings every process of a search must share. Retries carry trials and the driver through a
+# restart of the tracking server (MLflow's defaults: 7 retries with backoff, about 2 minutes); credentials and
+# TLS settings reach a basic-auth server. Ray workers on other nodes do not inherit the driver's environment, so
+# the driver passes these to every trial explicitly (Ray's runtime_env env_vars).
+RETRY_SETTINGS = (MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+                  MLFLOW_HTTP_REQUEST_BACKOFF_JITTER, MLFLOW_HTTP_REQUEST_TIMEOUT)
+PASSED_TO_TRIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                    "MLFLOW_TRACKING_INSECURE_TLS")
+
+
+def client_env() -> dict[str, str]:
+    """The driver's MLflow client settings for the trials: the retry settings always (the driver's values, or
+    MLflow's defaults), credentials and TLS settings where the driver has them."""
+    env = {setting.name: str(setting.get()) for setting in RETRY_SETTINGS}
+    env.update({name: os.environ[name] for name in PASSED_TO_TRIALS if name in os.environ})
+    return env
+
+
+def probe(uri: str, timeout_s: int = 5) -> str | None:
+    """None when one request to the tracking store succeeds, else what went wrong (one line).
+
+    An HTTP server is asked once, without MLflow's retries, and for at most timeout_s: this runs before a search
+    starts, where minutes of retries against a wrong address help nobody. Nothing else is changed: the driver and
+    the trials keep their retry settings (see client_env)."""
+    try:
+        if uri.startswith(("http://", "https://")):
+            endpoint = "/api/2.0/mlflow/experiments/search"
+            response = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s,
+                                    params={"max_results": 1})
+            verify_rest_response(response, endpoint)
+        else:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # any failure of the request means: no usable store, said in one line
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def check_reachable(uri: str, timeout_s: int = 5) -> MlflowClient:
+    """A client for `uri` after one real request (see probe); a clear TrackingUnavailable otherwise."""
+    problem = probe(uri, timeout_s)
+    if problem is not None:
+        raise TrackingUnavailable(f"MLflow tracking store {uri} is not reachable: {problem}")
+    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:

@@ -14,6 +14,11 @@ from pathlib import Path
 from ray import tune
 
 from dcell_core.search import tracking
+from dcell_core.train.checkpoint import META
+
+TAG_NODE = "dcell.ray_node_id"  # the node of the trial's latest attempt
+TAG_NODES = "dcell.ray_nodes"  # the nodes of all its attempts, in order, comma-separated
+TAG_RESUMED = "dcell.resumed_from_epoch"  # set when an attempt continued from a checkpoint
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ def dcell_trial(config: dict, ctx: TrialContext) -> None:
     restored = _restore_checkpoint(trial_dir)
     if restored is not None:
         overrides.append(f"train.resume_from={format_override_value(str(restored))}")
+    tracking.set_tags(client, run_id, _placement_tags(client, run_id, restored))
     try:
         cfg = compose(overrides)
         run_dir = trial_dir / "run"
@@ -107,6 +113,20 @@ def _restore_checkpoint(trial_dir: Path) -> Path | None:
     if target.exists():
         shutil.rmtree(target)
     return Path(checkpoint.to_directory(str(target)))
+
+
+def _placement_tags(client, run_id: str, restored: Path | None) -> dict:
+    """Where this attempt of the trial runs: its Ray node (appended to the nodes of earlier attempts), the GPUs
+    Ray gave it, and the checkpoint epoch it continues from after a retry or a resumed search."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    earlier = client.get_run(run_id).data.tags.get(TAG_NODES)
+    tags = {TAG_NODE: node, TAG_NODES: f"{earlier},{node}" if earlier else node,
+            "dcell.gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
+    if restored is not None:
+        tags[TAG_RESUMED] = json.loads((restored / META).read_text())["epoch"]
+    return tags
 
 
 def _yaml(cfg) -> str:
