@@ -88,11 +88,12 @@ def cluster():
 
 @pytest.fixture
 def workers(cluster):
-    """add(n) starts n worker nodes; the ones still alive are removed after the test."""
+    """add(n, **settings) starts n worker nodes (WORKER with these settings); those still alive are removed after
+    the test."""
     added = []
 
-    def add(n: int) -> list:
-        nodes = [cluster.add_node(**WORKER) for _ in range(n)]
+    def add(n: int, **settings) -> list:
+        nodes = [cluster.add_node(**{**WORKER, **settings}) for _ in range(n)]
         added.extend(nodes)
         cluster.wait_for_nodes()
         return nodes
@@ -287,16 +288,12 @@ def test_local_tracking_store_refused_on_a_multi_node_cluster(tmp_path, cluster,
     assert not (tmp_path / "project" / "ray_results").exists()
 
 
-def test_loopback_tracking_uri_refused_when_a_node_is_on_another_machine(tmp_path, cluster, workers, server,
+def test_loopback_tracking_uri_refused_when_a_node_is_on_another_machine(tmp_path, workers, cluster, server,
                                                                        cache_dir):
     # Ray tells machines apart by node address: a node on 127.0.0.2 is another machine, whose 127.0.0.1 is not ours.
-    elsewhere = cluster.add_node(**WORKER, node_ip_address="127.0.0.2")
-    try:
-        cluster.wait_for_nodes()
-        f = search_file(tmp_path, "loopback", 1, [0.01])
-        r = run_search(search_cmd(tmp_path, f, cluster, "--tracking-uri", server.uri), cache_dir, timeout=120)
-    finally:
-        cluster.remove_node(elsewhere)
+    workers(1, node_ip_address="127.0.0.2")
+    f = search_file(tmp_path, "loopback", 1, [0.01])
+    r = run_search(search_cmd(tmp_path, f, cluster, "--tracking-uri", server.uri), cache_dir, timeout=120)
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"the tracking URI {server.uri} names this machine's loopback address" in r.stderr
     assert "has nodes on other machines (127.0.0.2)" in r.stderr and "--tracking-uri http://<server-ip>" in r.stderr
@@ -306,14 +303,9 @@ def test_loopback_tracking_uri_refused_when_a_node_is_on_another_machine(tmp_pat
 def test_server_unreachable_from_one_node_refused(tmp_path, cluster, workers, server, cache_dir):
     # The second node sends HTTP through a proxy that is not there: the driver reaches the server, that node cannot.
     workers(1)
-    cut_off = cluster.add_node(**{**WORKER, "env_vars": {"HTTP_PROXY": f"http://127.0.0.1:{free_port()}",
-                                                         "NO_PROXY": ""}})
-    try:
-        cluster.wait_for_nodes()
-        f = search_file(tmp_path, "unreachable", 1, [0.01])
-        r = run_search(search_cmd(tmp_path, f, cluster, "--tracking-uri", server.uri), cache_dir, timeout=240)
-    finally:
-        cluster.remove_node(cut_off)
+    [cut_off] = workers(1, env_vars={**NODE_ENV, "HTTP_PROXY": f"http://127.0.0.1:{free_port()}", "NO_PROXY": ""})
+    f = search_file(tmp_path, "unreachable", 1, [0.01])
+    r = run_search(search_cmd(tmp_path, f, cluster, "--tracking-uri", server.uri), cache_dir, timeout=240)
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"answers the driver but not every Ray node (node {cut_off.node_ip_address} ({cut_off.node_id[:8]})" \
         in r.stderr
