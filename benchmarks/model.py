@@ -7,6 +7,11 @@ the same thread count, interleaved and best of N repeats (the 2 cores are shared
 disturbed run). The dense floor is one [B, 4096] @ [4096, P/4096] matmul forward + backward (input and weight
 requiring grad) with P = the model's parameter count, measured in the same run. floor_ratio = fast_s / floor_s.
 
+Genotypes are triple disruptions (3 random genes per sample, `--genes-per-sample`), as in a triple-mutant screen.
+The stratum-parallel model applies the gene columns of its first layers from the nonzero genotype entries
+(ModelConfig.sparse_gene_inputs, on by default), so its time grows with the disrupted genes per sample;
+`--dense-gene-inputs` turns that off (dense matmuls over all gene inputs, as the oracle).
+
 peak_mb: parameters + optimizer state of the stratum-parallel model plus the peak of the bytes allocated during
 one step (gradients, activations, temporaries), from the PyTorch profiler's allocation events
 (profile_memory=True, an extra untimed step); oracle_peak_mb likewise.
@@ -120,16 +125,18 @@ def floor_step(num_weights: int, batch: int):
     return run
 
 
-def genotype_batch(num_genes: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triple disruptions (3 random genes per sample) and random targets."""
+def genotype_batch(num_genes: int, batch: int, seed: int, per_sample: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_sample` random disrupted genes per sample (3: triple disruptions) and random targets."""
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(batch, num_genes)
-    x[torch.arange(batch).repeat_interleave(3), torch.randint(0, num_genes, (3 * batch,), generator=g)] = 1.0
+    x[torch.arange(batch).repeat_interleave(per_sample),
+      torch.randint(0, num_genes, (per_sample * batch,), generator=g)] = 1.0
     return x, torch.randn(batch, generator=g)
 
 
-def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log) -> list[dict]:
-    cfg = ModelConfig(width_basis=basis)
+def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log, per_sample: int = 3,
+                sparse_gene_inputs: bool = True) -> list[dict]:
+    cfg = ModelConfig(width_basis=basis, sparse_gene_inputs=sparse_gene_inputs)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     oracle = build_dcell(h, cfg, fast=False)
@@ -140,7 +147,7 @@ def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log)
     trainers = {"oracle": Trainer(oracle), "fast": Trainer(fast)}
     rows = []
     for batch in batches:
-        x, y = genotype_batch(h.num_genes, batch, seed=batch)
+        x, y = genotype_batch(h.num_genes, batch, seed=batch, per_sample=per_sample)
         floor = floor_step(num_weights, batch)
         for tr in trainers.values():
             tr.step(x, y)  # warm-up: optimizer state, allocator
@@ -181,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bases", default="contained,direct")
     ap.add_argument("--batches", default="32,256")
+    ap.add_argument("--genes-per-sample", type=int, default=3, help="disrupted genes per genotype")
+    ap.add_argument("--dense-gene-inputs", action="store_true", help="ModelConfig.sparse_gene_inputs=False")
     ap.add_argument("--no-thp", action="store_true", help="leave THP_MEM_ALLOC_ENABLE unset")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -195,10 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     rows = []
     for basis in args.bases.split(","):
-        rows += bench_basis(h, basis, [int(b) for b in args.batches.split(",")], args.repeats, log)
+        rows += bench_basis(h, basis, [int(b) for b in args.batches.split(",")], args.repeats, log,
+                            args.genes_per_sample, not args.dense_gene_inputs)
     result = {"hierarchy": name, "fingerprint": h.fingerprint, "terms": h.num_terms, "genes": h.num_genes,
               "threads": args.threads, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
               "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", ""), "repeats": args.repeats,
+              "genes_per_sample": args.genes_per_sample, "sparse_gene_inputs": not args.dense_gene_inputs,
               "load_average_before_after": [load_before[0], os.getloadavg()[0]], "rows": rows}
     if args.json:
         print(json.dumps(result))
