@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
