@@ -249,7 +249,9 @@ def test_lost_node_trials_continue_from_checkpoints_on_other_nodes(tmp_path, clu
     moved = {c.info.run_id: c for c in children}[victim.info.run_id]
     attempts = moved.data.tags["dcell.ray_nodes"].split(",")
     assert attempts[0] == lost and attempts[-1] != lost and attempts[-1] in nodes
-    assert int(moved.data.tags["dcell.resumed_from_epoch"]) >= 2  # continued from a checkpoint, not epoch 0
+    # Continued from a checkpoint, not from epoch 0. The node may die between MLflow receiving epoch 2 and Tune
+    # registering that epoch's checkpoint, so the checkpoint it resumes from can be epoch 1's.
+    assert int(moved.data.tags["dcell.resumed_from_epoch"]) >= 1
     assert int(moved.data.tags["dcell.retries"]) >= 1 and "retry 1 from its last checkpoint" in out
 
 
