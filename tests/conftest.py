@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -32,3 +33,12 @@ def subprocess_env(tmp_path):
     env["DCELL_CACHE_DIR"] = str(tmp_path / "cache")
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls when the 2 shared cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ from dcell_core.ontology.hierarchy import Hierarchy
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP barrier stalls when the 2 shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_hierarchy(gene_name=lambda g: g) -> Hierarchy:

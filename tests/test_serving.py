@@ -35,12 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = ["model.min_width=3", "model.width_ratio=1.0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_hierarchy(fingerprint: str = "hand0001", extra_gene: bool = False) -> Hierarchy:
