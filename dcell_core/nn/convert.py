@@ -114,7 +114,7 @@ def load_oracle_state_dict(model: StratumDCell, sd: dict[str, torch.Tensor]) -> 
     for n in shared_names(model):
         params[n].copy_(sd[n])
     if model.cfg.norm_type == "batch":
-        model.num_batches_tracked.copy_(sd[f"terms.0.norms.0.num_batches_tracked"])
+        model.num_batches_tracked.copy_(sd["terms.0.norms.0.num_batches_tracked"])
 
 
 def to_oracle(model: StratumDCell) -> OracleDCell:
