@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from dcell_core.cli import fail_usage
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m platform.ui", description=__doc__)
@@ -18,8 +20,7 @@ def main(argv=None) -> int:
     project = args.project_dir.resolve()
     db = project / "mlflow.db"
     if not db.exists():
-        print(f"error: no MLflow store at {db}: run a search first (python -m platform.search ...)", file=sys.stderr)
-        return 2
+        fail_usage(f"no MLflow store at {db}: run a search first (python -m platform.search ...)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}",
            "--default-artifact-root", str(project / "mlartifacts"), "--host", "127.0.0.1", "--port", str(args.port)]
     print(" ".join(shlex.quote(c) for c in cmd), flush=True)

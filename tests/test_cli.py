@@ -57,3 +57,9 @@ def test_platform_module_runs_with_stdlib_shim(subprocess_env):
     r = run(["-c", "import platform, sys; print(platform.__file__); print(platform.python_version())"],
             subprocess_env)
     assert r.returncode == 0 and r.stdout.split()[1] == std_platform.python_version()
+
+
+def test_platform_ui_without_a_store_exits_2(subprocess_env, tmp_path):
+    r = run(["-m", "platform.ui", "--project-dir", str(tmp_path)], subprocess_env)
+    assert r.returncode == 2
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in r.stderr
