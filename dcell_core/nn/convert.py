@@ -16,14 +16,25 @@ from dcell_core.nn.oracle import OracleDCell
 from dcell_core.nn.stratum_dcell import StratumDCell
 
 
-Part = tuple[torch.Tensor, tuple, slice | None]  # (bucket parameter or buffer, index into it, oracle columns)
+# (parameter or buffer, index into it, oracle columns); an index ("flat", offset, rows, cols) is the [rows, cols]
+# matrix stored column-major (transposed) at `offset` of a flat tensor (the stratum's unpadded gene columns)
+Part = tuple[torch.Tensor, tuple, slice | None]
+
+
+def take(tensor: torch.Tensor, index: tuple) -> torch.Tensor:
+    """The piece of `tensor` a Part's index names (a view)."""
+    if index and index[0] == "flat":
+        _, offset, rows, cols = index
+        return tensor[offset: offset + rows * cols].view(cols, rows).t()
+    return tensor[index]
 
 
 def term_parts(model: StratumDCell, t: int) -> dict[str, list[Part]]:
     """Where term t's oracle tensors live in the padded bucket tensors: per oracle name, the pieces (the first
     layer's weight has two: children columns and gene columns)."""
     s, k, i = model.plan.slot[t]
-    bucket = model.strata[s].buckets[k]
+    stratum = model.strata[s]
+    bucket = stratum.buckets[k]
     w = model.sizes.widths[t]
     g = len(model.sizes.direct_genes[t]) * model.sizes.token_dim
     c = model.sizes.fan_in(t) - g
@@ -31,7 +42,7 @@ def term_parts(model: StratumDCell, t: int) -> dict[str, list[Part]]:
     if c:
         first.append((bucket.child_weight, (i, slice(0, w), slice(0, c)), slice(0, c)))
     if g:
-        first.append((bucket.gene_weight, (i, slice(0, w), slice(0, g)), slice(c, c + g)))
+        first.append((stratum.gene_weight, ("flat", stratum.gene_offset[t], w, g), slice(c, c + g)))
     out: dict[str, list[Part]] = {f"terms.{t}.linears.0.weight": first}
     for layer, weight in enumerate(bucket.layer_weights, start=1):
         out[f"terms.{t}.linears.{layer}.weight"] = [(weight, (i, slice(0, w), slice(0, w)), None)]
@@ -42,7 +53,9 @@ def term_parts(model: StratumDCell, t: int) -> dict[str, list[Part]]:
         out[f"terms.{t}.norms.{layer}.bias"] = [(shift, (i, slice(0, w)), None)]
         if model.cfg.norm_type == "batch":
             for stat in ("running_mean", "running_var"):
-                buf = getattr(bucket, f"{stat}_{layer}").view(bucket.n, bucket.w_max)
+                start = stratum.rows[k].start
+                buf = getattr(stratum, f"{stat}_{layer}")[start: start + bucket.n * bucket.w_max].view(
+                    bucket.n, bucket.w_max)
                 out[f"terms.{t}.norms.{layer}.{stat}"] = [(buf, (i, slice(0, w)), None)]
     out[f"terms.{t}.head.weight"] = [(bucket.head_weight, (i, slice(None), slice(0, w)), None)]
     out[f"terms.{t}.head.bias"] = [(bucket.head_bias, (i, 0, slice(None)), None)]
@@ -59,7 +72,7 @@ def term_views(model: StratumDCell, t: int, pick: Callable[[torch.Tensor], torch
         if any(v is None for v in values):
             out[name] = None
         else:
-            pieces = [v[index] for v, (_, index, _) in zip(values, parts)]
+            pieces = [take(v, index) for v, (_, index, _) in zip(values, parts)]
             out[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
     return out
 
@@ -103,13 +116,13 @@ def load_oracle_state_dict(model: StratumDCell, sd: dict[str, torch.Tensor]) -> 
     for name, value in expected.items():
         if "num_batches_tracked" not in name and value.shape != sd[name].shape:
             raise ValueError(f"{name}: expected shape {tuple(value.shape)}, got {tuple(sd[name].shape)}")
-    for bucket in model.buckets():
-        for p in bucket.parameters():
+    for stratum in model.strata:
+        for p in stratum.parameters():
             p.zero_()
     for t in range(model.sizes.num_terms):
         for name, parts in term_parts(model, t).items():
             for tensor, index, cols in parts:
-                tensor[index].copy_(sd[name] if cols is None else sd[name][:, cols])
+                take(tensor, index).copy_(sd[name] if cols is None else sd[name][:, cols])
     params = dict(model.named_parameters())
     for n in shared_names(model):
         params[n].copy_(sd[n])

@@ -4,10 +4,15 @@ Forward keeps all term outputs in one neuron-major activation buffer [rows, B] (
 reads its whole input with one index_select per bucket and input part (`_ReadStratum`; a bucket's children part
 and gene part are read separately, and the gene part is marked non-differentiable unless the gene region needs a
 gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes that need no
-gradient the gene part is not read at all: `_SparseGeneColumns` applies the gene columns from the nonzero genotype
-entries), each of its buckets runs padded batched matmuls
-(`TermBucket`), and the bucket outputs are copied into the buffer for the strata above. No Python loop runs
+gradient the gene part is not read at all: the gene columns are applied from the nonzero genotype entries).
+`StratumLinear` (stratum_ops.py) runs the first linear layer of all its buckets as padded batched matmuls into one
+[R_s, B] tensor, activation and batch norm run on that tensor once per stratum, `StratumHeads` computes the
+stratum's heads, and the stratum's output is copied into the buffer for the strata above. No Python loop runs
 over terms or samples; the op count grows with strata and buckets.
+
+Gene columns of the first layer live unpadded in one flat parameter per stratum (`strata.{s}.gene_weight`: for
+each term, in bucket-slot order, its [L_t, G_t] block row-major); the dense path (embeddings, attention, or
+`sparse_gene_inputs=False`) scatters them into padded [n, w_max, g_max] blocks each step.
 
 Backward of the buffer: instead of autograd re-materializing a [rows, B] gradient per stratum, every stratum's
 read adds its input gradient into one shared gradient buffer (index_add_) and hands the finished rows of the
@@ -24,9 +29,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from dcell_core.nn.buckets import TermBucket
-from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
+from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, DCellOutput, TermSizes, activation_fn, check_genotypes
 from dcell_core.nn.config import ModelConfig
-from dcell_core.nn.plan import build_plan
+from dcell_core.nn.plan import BucketPlan, build_plan
+from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, heads_backward, heads_forward
 
 
 # Bucket planning weight of a padded gene column on the sparse gene path relative to a dense column (it costs
@@ -37,56 +43,106 @@ SPARSE_GENE_COST = 0.25
 class _BackwardState:
     """Shared by the stratum reads of one forward pass: the gradient buffer [rows, B], built on first use."""
 
-    def __init__(self, num_rows: int):
-        self.num_rows = num_rows
+    def __init__(self, num_rows: int, buf: torch.Tensor):
+        # the gradient buffer takes the activation buffer's dtype (under autocast gradients may arrive in another)
+        self.num_rows, self.dtype, self.device = num_rows, buf.dtype, buf.device
         self.grad_buf: torch.Tensor | None = None
         self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
 
 
 class _ReadStratum(torch.autograd.Function):
     """Gather every bucket input part of one stratum from the activation buffer: one [n * c_max, B] (children)
-    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers`."""
+    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers`; then, when `below` (the stratum
+    whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward
+    adds their input gradient in place into the shared gradient buffer before handing the rows back: the
+    stratum output's gradient arrives whole, with no separate sum of two [R_s, B] gradients."""
 
     @staticmethod
-    def forward(ctx, buf, gathers, gene_parts, genes_need_grad, state, stratum, spans, *sources):
-        # `sources` (the tensors stored in the rows `spans`) are inputs only so that autograd routes their
-        # gradients through here; their values are already in `buf`.
-        ctx.gathers, ctx.state, ctx.stratum, ctx.spans = gathers, state, stratum, spans
+    def forward(ctx, buf, gathers, gene_parts, genes_need_grad, state, stratum, spans, below, n_sources, *tensors):
+        # `sources` (the tensors stored in the rows `spans`) are inputs so that autograd routes their gradients
+        # through here; their values are already in `buf`. The rest of `tensors` are the heads' parameters.
+        sources, head_params = tensors[:n_sources], tensors[n_sources:]
+        ctx.gathers, ctx.state, ctx.stratum, ctx.spans, ctx.below = gathers, state, stratum, spans, below
+        ctx.n_sources = n_sources
         ctx.set_materialize_grads(False)  # a bucket whose input gets no gradient adds nothing
         out = tuple(buf.index_select(0, index) for index in gathers)
         if not genes_need_grad:
             ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
-        return out
+        if below is None:
+            return out
+        ctx.save_for_backward(sources[0], *head_params)
+        return out + (heads_forward(below.rows, sources[0], head_params),)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
         state = ctx.state
+        n_gathers, n_sources = len(ctx.gathers), ctx.n_sources
         for index, grad in zip(ctx.gathers, grads):
             if grad is None:
                 continue
             if state.grad_buf is None:
-                state.grad_buf = grad.new_zeros(state.num_rows, grad.shape[1])
+                state.grad_buf = torch.zeros(state.num_rows, grad.shape[1], dtype=state.dtype, device=state.device)
             state.grad_buf.index_add_(0, index, grad)
+        needs = ctx.needs_input_grad[9:]
+        head_grads: list = []
+        if ctx.below is not None:
+            o, *params = ctx.saved_tensors
+            grad_heads = grads[n_gathers]
+            head_grads = [None] * len(params)
+            if grad_heads is not None:
+                target = None
+                if needs[0]:
+                    if state.grad_buf is None:
+                        state.grad_buf = torch.zeros(state.num_rows, o.shape[1], dtype=state.dtype,
+                                                     device=state.device)
+                    a = ctx.below.row_start
+                    target = state.grad_buf[a: a + ctx.below.num_rows]
+                head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target, needs[n_sources:])
         grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
         out = tuple(grad_buf[a:b].view(shape) if need and grad_buf is not None else None
-                    for (a, b, shape), need in zip(ctx.spans, ctx.needs_input_grad[7:]))
+                    for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
         if ctx.stratum == state.last_reader:
             state.grad_buf = None
-        return (None,) * 7 + out
+        return (None,) * 9 + out + tuple(head_grads)
 
 
 class Stratum(nn.Module):
-    def __init__(self, child_gathers: list[torch.Tensor], gene_gathers: list[torch.Tensor],
-                 buckets: list[TermBucket]):
+    def __init__(self, plans: list[BucketPlan], buckets: list[TermBucket], sizes: TermSizes, layers: int,
+                 norm_type: str):
         super().__init__()
         self.parts: list[tuple[int, bool]] = []  # (bucket, is gene part) of every gather, in read order
-        for k, (child, gene) in enumerate(zip(child_gathers, gene_gathers)):
-            for is_gene, gather in ((False, child), (True, gene)):
-                if gather.numel():  # [n_k * c_max_k] or [n_k * g_max_k] buffer rows of bucket k's inputs
-                    self.register_buffer(f"gather_{len(self.parts)}", gather, persistent=False)
+        for k, plan in enumerate(plans):
+            for is_gene, gather in ((False, plan.child_gather), (True, plan.gene_gather)):
+                if gather.size:  # [n_k * c_max_k] or [n_k * g_max_k] buffer rows of bucket k's inputs
+                    self.register_buffer(f"gather_{len(self.parts)}", torch.from_numpy(gather), persistent=False)
                     self.parts.append((k, is_gene))
         self.buckets = nn.ModuleList(buckets)
+        self.row_start = plans[0].row_offset  # first buffer row of this stratum's outputs
+        self.rows = tuple(BucketRows(b.row_offset - self.row_start, b.n, b.w_max) for b in buckets)
+        self.num_rows = sum(b.n * b.w_max for b in buckets)
+        # unpadded gene columns: term -> offset of its [G_t, L_t] block (one contiguous column of the first layer
+        # per gene input); padded position of every entry
+        E = sizes.token_dim
+        self.gene_offset: dict[int, int] = {}
+        pad_index, pad_base, offset = [], 0, 0
+        for plan, bucket in zip(plans, buckets):
+            for i, t in enumerate(plan.terms):
+                L, G = sizes.widths[t], len(sizes.direct_genes[t]) * E
+                if G:
+                    self.gene_offset[t] = offset
+                    j, r = np.meshgrid(np.arange(G), np.arange(L), indexing="ij")
+                    pad_index.append((pad_base + (i * bucket.w_max + r) * bucket.g_max + j).reshape(-1))
+                    offset += L * G
+            pad_base += bucket.n * bucket.w_max * bucket.g_max
+        self.gene_pad_sizes = [b.n * b.w_max * b.g_max for b in buckets]
+        self.gene_weight = nn.Parameter(torch.zeros(offset)) if offset else None
+        if offset:
+            self.register_buffer("gene_pad_index", torch.from_numpy(np.concatenate(pad_index)), persistent=False)
+        valid_rows = torch.cat([b.row_mask.reshape(-1) for b in buckets])
+        for k in range(layers if norm_type == "batch" else 0):
+            self.register_buffer(f"running_mean_{k}", torch.zeros(self.num_rows))
+            self.register_buffer(f"running_var_{k}", valid_rows.clone())
 
     def read_parts(self, genes: bool) -> list[tuple[int, bool]]:
         """The (bucket, is gene part) pairs to read: all, or only the children parts."""
@@ -103,6 +159,56 @@ class Stratum(nn.Module):
             out[k][is_gene] = part.view(bucket.n, bucket.g_max if is_gene else bucket.c_max, B)
         return out
 
+    def views(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The [n, w_max, B] block of every bucket in a stratum tensor [R_s, B]."""
+        B = h.shape[1]
+        return [v.view(b.n, b.w_max, B) for v, b in zip(h.split([b.n * b.w_max for b in self.buckets]), self.buckets)]
+
+    def padded_gene_weights(self) -> list[torch.Tensor | None]:
+        """The gene columns as padded [n, w_max, g_max] blocks (dense path), differentiable."""
+        padded = self.gene_weight.new_zeros(sum(self.gene_pad_sizes)).index_copy(0, self.gene_pad_index,
+                                                                                 self.gene_weight)
+        return [p.view(b.n, b.w_max, b.g_max) if b.g_max else None
+                for p, b in zip(padded.split(self.gene_pad_sizes), self.buckets)]
+
+    def first_layer(self, inputs: list[list[torch.Tensor | None]], B: int,
+                    sparse: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """W I + b of every term of the stratum -> [R_s, B]."""
+        dense = (self.padded_gene_weights() if sparse is None and self.gene_weight is not None
+                 else [None] * len(self.buckets))
+        tensors: list[torch.Tensor | None] = []
+        for bucket, (inp_c, inp_g), gene_w in zip(self.buckets, inputs, dense):
+            tensors += [bucket.biases[0], bucket.child_weight, inp_c, gene_w, inp_g if gene_w is not None else None]
+        tensors.append(self.gene_weight if sparse is not None else None)
+        return StratumLinear.apply(self.rows, B, sparse, *tensors)
+
+    def next_layer(self, o: torch.Tensor, k: int) -> torch.Tensor:
+        """Extra subsystem layer k >= 1 of every term: W_k O + b_k -> [R_s, B]."""
+        tensors: list[torch.Tensor | None] = []
+        for bucket, view in zip(self.buckets, self.views(o)):
+            tensors += [bucket.biases[k], bucket.layer_weights[k - 1], view, None, None]
+        tensors.append(None)
+        return StratumLinear.apply(self.rows, o.shape[1], None, *tensors)
+
+    def head_params(self) -> tuple[torch.Tensor, ...]:
+        return tuple(p for b in self.buckets for p in (b.head_weight, b.head_bias))
+
+    def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
+        if norm_type == "none":
+            return h
+        if norm_type == "layer":
+            return torch.cat([b.layer_norm(v, k).view(-1, h.shape[1]) for b, v in zip(self.buckets, self.views(h))])
+        # batch norm per neuron over the batch: channels = the R_s neurons, one "length" axis = the batch
+        gain = _flat([b.norm_weights[k] for b in self.buckets])
+        shift = _flat([b.norm_biases[k] for b in self.buckets])
+        out = F.batch_norm(h.view(1, *h.shape), getattr(self, f"running_mean_{k}"), getattr(self, f"running_var_{k}"),
+                           gain, shift, training, BN_MOMENTUM, NORM_EPS)
+        return out.view(h.shape)
+
+
+def _flat(params: list[torch.Tensor]) -> torch.Tensor:
+    return params[0].reshape(-1) if len(params) == 1 else torch.cat([p.reshape(-1) for p in params])
+
 
 class StratumDCell(nn.Module):
     def __init__(self, sizes: TermSizes, cfg: ModelConfig):
@@ -114,18 +220,16 @@ class StratumDCell(nn.Module):
         sparse_genes = self.binary_genes and cfg.sparse_gene_inputs
         self.plan = plan = build_plan(sizes, cfg.subsystem_layers, cfg.num_attention_heads > 0, cfg.bucket_overhead,
                                       SPARSE_GENE_COST if sparse_genes else 1.0)
-        act = activation_fn(cfg.activation)
+        self.act = activation_fn(cfg.activation)
         strata = []
-        for buckets in plan.strata:
+        for plans in plan.strata:
             mods = []
-            for b in buckets:
+            for b in plans:
                 genes = [len(sizes.direct_genes[t]) * sizes.token_dim for t in b.terms]
                 mods.append(TermBucket([sizes.widths[t] for t in b.terms],
                                        [sizes.fan_in(t) - g for t, g in zip(b.terms, genes)], genes, b.width,
-                                       b.child_fan, b.gene_fan, b.row_offset, cfg.subsystem_layers, cfg.norm_type,
-                                       cfg.norm_order, act))
-            strata.append(Stratum([torch.from_numpy(b.child_gather) for b in buckets],
-                                  [torch.from_numpy(b.gene_gather) for b in buckets], mods))
+                                       b.child_fan, b.gene_fan, b.row_offset, cfg.subsystem_layers, cfg.norm_type))
+            strata.append(Stratum(plans, mods, sizes, cfg.subsystem_layers, cfg.norm_type))
         self.strata = nn.ModuleList(strata)
         self.strata_start = plan.strata[0][0].row_offset
         self.register_buffer("head_order", torch.from_numpy(plan.head_order), persistent=False)  # [T]
@@ -145,44 +249,56 @@ class StratumDCell(nn.Module):
         self.reset_parameters()
 
     def _register_gene_slots(self) -> None:
-        """Gene -> (bucket, term slot i, gene column j) of every gene input slot, grouped by gene (CSR), for the
-        sparse gene path (`_sparse_gene_entries`)."""
-        gene_start = self.plan.gene_rows[0]
-        table = []  # (gene, bucket, i, j)
-        for q, bucket in enumerate(self.buckets()):
-            s, k = next((s, k) for s, st in enumerate(self.strata) for k, b in enumerate(st.buckets) if b is bucket)
-            gather = self.plan.strata[s][k].gene_gather.reshape(bucket.n, bucket.g_max)
-            i, j = np.nonzero(gather)  # row 0 = padding
-            table.append(np.stack([gather[i, j] - gene_start, np.full_like(i, q), i, j], axis=1))
-        table = np.concatenate(table) if table else np.zeros((0, 4), dtype=np.int64)
-        table = table[np.lexsort((table[:, 1], table[:, 0]))]
+        """Every (gene, term) input slot as (stratum, gene_weight offset of its column, first row in the stratum
+        tensor, L_t), grouped by gene (CSR `gene_slot_ptr`), for `_sparse_entries`."""
+        table = []  # (gene, stratum, column offset, row, length)
+        for t in range(self.sizes.num_terms):
+            s, k, i = self.plan.slot[t]
+            stratum = self.strata[s]
+            row = stratum.rows[k].start + i * stratum.rows[k].w
+            width = self.sizes.widths[t]
+            for j, g in enumerate(self.sizes.direct_genes[t]):
+                table.append((g, s, stratum.gene_offset[t] + j * width, row, width))
+        table = np.array(sorted(table), dtype=np.int64).reshape(-1, 5)
         ptr = np.searchsorted(table[:, 0], np.arange(self.sizes.num_genes + 1))
-        for name, value in (("gene_slot_ptr", ptr), ("gene_slot_bucket", table[:, 1]), ("gene_slot_i", table[:, 2]),
-                            ("gene_slot_j", table[:, 3])):
-            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value, dtype=np.int64)),
-                                 persistent=False)
+        self.register_buffer("gene_slot_ptr", torch.from_numpy(ptr.astype(np.int64)), persistent=False)
+        self.register_buffer("gene_slot_table", torch.from_numpy(np.ascontiguousarray(table[:, 1:])),
+                             persistent=False)
 
-    def _sparse_gene_entries(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """Per bucket, the nonzero gene inputs as (slot i, gene column j, sample b, value) [m] each: every
-        nonzero genotype entry x[b, g] once for each input slot of gene g."""
+    def _sparse_entries(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...] | None]:
+        """Per stratum (None where it has no gene columns), the elements (gene_weight index, flat index into the
+        [R_s, B] stratum tensor, genotype value, or None when every nonzero entry is 1) of every nonzero genotype
+        entry x[b, g], once for each row r < L_t of each input slot (term t) of gene g."""
+        B, dev = x.shape[0], x.device
         b_nz, g_nz = x.nonzero(as_tuple=True)
         value = x[b_nz, g_nz]
         start = self.gene_slot_ptr[g_nz]
         count = self.gene_slot_ptr[g_nz + 1] - start
-        src = torch.repeat_interleave(torch.arange(len(g_nz), device=x.device), count)  # entry -> nonzero
-        first = torch.cumsum(count, 0) - count
-        slot = start[src] + torch.arange(len(src), device=x.device) - first[src]
-        bucket = self.gene_slot_bucket[slot]
-        bucket, order = torch.sort(bucket, stable=True)
-        slot, src = slot[order], src[order]
-        sizes = torch.bincount(bucket, minlength=len(self.buckets())).tolist()
-        columns = (self.gene_slot_i[slot], self.gene_slot_j[slot], b_nz[src], value[src])
-        return list(zip(*(c.split(sizes) for c in columns)))
+        src = torch.repeat_interleave(torch.arange(len(g_nz), device=dev), count)  # slot -> nonzero entry
+        slot = start[src] + torch.arange(len(src), device=dev) - (torch.cumsum(count, 0) - count)[src]
+        table = self.gene_slot_table[slot]  # [m, 4] (stratum, column offset, row, length)
+        order = torch.sort(table[:, 0], stable=True).indices  # group by stratum
+        table, src = table[order], src[order]
+        length = table[:, 3]
+        first = torch.cumsum(length, 0) - length  # first element of each slot
+        step = torch.arange(int(length.sum()), device=dev)  # element e of slot m is row r = e - first[m]
+        w_idx = step + torch.repeat_interleave(table[:, 1] - first, length)
+        o_idx = step * B + torch.repeat_interleave(table[:, 2] * B + b_nz[src] - first * B, length)
+        values = None if bool((value == 1).all()) else torch.repeat_interleave(value[src], length)
+        per_stratum = torch.zeros(len(self.strata), dtype=torch.long, device=dev).index_add_(
+            0, table[:, 0], length).tolist()
+        columns = (w_idx.split(per_stratum), o_idx.split(per_stratum),
+                   [None] * len(per_stratum) if values is None else values.split(per_stratum))
+        return [None if st.gene_weight is None else tuple(c[s] for c in columns)
+                for s, st in enumerate(self.strata)]
 
     def reset_parameters(self) -> None:
         r = self.cfg.init_range
         for bucket in self.buckets():
             bucket.reset_parameters(r)
+        for stratum in self.strata:
+            if stratum.gene_weight is not None:
+                nn.init.uniform_(stratum.gene_weight, -r, r)
         if self.embedding is not None:
             nn.init.uniform_(self.embedding, -1.0, 1.0)
         for mod in (self.token_proj, self.attention):
@@ -195,7 +311,8 @@ class StratumDCell(nn.Module):
 
     def decay_weights(self) -> list[torch.Tensor]:
         """Weight matrices under the L2 penalty (padded entries are zero, so they add nothing)."""
-        out = [w for b in self.buckets() for w in (b.child_weight, b.gene_weight, *b.layer_weights) if w is not None]
+        out = [w for b in self.buckets() for w in (b.child_weight, *b.layer_weights) if w is not None]
+        out += [s.gene_weight for s in self.strata if s.gene_weight is not None]
         out += [b.head_weight for b in self.buckets()]
         if self.token_proj is not None:
             out.append(self.token_proj.weight)
@@ -218,36 +335,46 @@ class StratumDCell(nn.Module):
         genes_need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         # binary genotypes needing no gradient: gene columns computed from the nonzero entries only
         sparse = self.binary_genes and self.cfg.sparse_gene_inputs and not genes_need_grad
-        entries = iter(self._sparse_gene_entries(x)) if sparse else None
-        state = _BackwardState(self.plan.num_rows)
+        entries = self._sparse_entries(x) if sparse else [None] * len(self.strata)
+        state = _BackwardState(self.plan.num_rows, buf)
         readers = []
         heads, outs = [], []
         with torch.no_grad():
             for src, (a, b, _) in zip(sources, spans):
                 buf[a:b].copy_(src.reshape(b - a, B))
-        for s, stratum in enumerate(self.strata):
+        norm_type, training = self.cfg.norm_type, self.training
+        below = None  # the stratum whose output is `sources`: its heads are computed by the next read
+        for s, stratum in enumerate([*self.strata, None]):
             if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
                 readers.append(s)
-            parts = _ReadStratum.apply(buf, stratum.gathers(not sparse),
-                                       tuple(g for _, g in stratum.read_parts(not sparse)), genes_need_grad,
-                                       state, s, spans, *sources)
-            sources, spans = [], []
-            for bucket, (inp_c, inp_g) in zip(stratum.buckets, stratum.bucket_inputs(parts, B, not sparse)):
-                out, head = bucket(inp_c, inp_g, next(entries) if sparse else None, B)
-                a, b = bucket.row_offset, bucket.row_offset + bucket.n * bucket.w_max
-                with torch.no_grad():
-                    buf[a:b].copy_(out.view(b - a, B))
-                sources.append(out)
-                spans.append((a, b, out.shape))
-                heads.append(head)  # [n, 1, B]
-                outs.append(out)
+            genes = not sparse
+            tensors = (*sources, *(below.head_params() if below is not None else ()))
+            parts = _ReadStratum.apply(buf, stratum.gathers(genes) if stratum is not None else (),
+                                       tuple(g for _, g in stratum.read_parts(genes)) if stratum is not None else (),
+                                       genes_need_grad, state, s, spans, below, len(sources), *tensors)
+            if below is not None:
+                heads.append(parts[-1])  # [T, B] of the stratum below, bucket-slot order
+                parts = parts[:-1]
+            if stratum is None:
+                break
+            h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
+            for k in range(self.cfg.subsystem_layers):
+                if k:
+                    h = stratum.next_layer(h, k)
+                if self.cfg.norm_order == "act_norm":
+                    h = stratum.norm(self.act(h), k, norm_type, training)
+                else:
+                    h = self.act(stratum.norm(h, k, norm_type, training))
+            a = stratum.row_start
+            with torch.no_grad():
+                buf[a:a + stratum.num_rows].copy_(h)
+            sources, spans, below = [h], [(a, a + stratum.num_rows, h.shape)], stratum
+            outs.append(h)
         state.last_reader = min(readers, default=-1)
         if self.training and self.cfg.norm_type == "batch":
             self.num_batches_tracked += 1
-        all_heads = torch.cat(heads).view(-1, B).index_select(0, self.head_order).t()  # [B, T] term order
-        states = None
-        if return_states:
-            states = torch.cat([o.reshape(-1, B) for o in outs]).index_select(0, self.state_rows).t()
+        all_heads = torch.cat(heads).index_select(0, self.head_order).t()  # [B, T] term order
+        states = torch.cat(outs).index_select(0, self.state_rows).t() if return_states else None
         return DCellOutput(all_heads[:, -1], all_heads[:, :-1], states)
 
     def _gene_region(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple]]:
