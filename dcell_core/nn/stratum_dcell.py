@@ -6,9 +6,10 @@ and gene part are read separately, and the gene part is marked non-differentiabl
 gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes that need no
 gradient the gene part is not read at all: the gene columns are applied from the nonzero genotype entries).
 `StratumLinear` (stratum_ops.py) runs the first linear layer of all its buckets as padded batched matmuls into one
-[R_s, B] tensor, activation and batch norm run on that tensor once per stratum, `StratumHeads` computes the
-stratum's heads, and the stratum's output is copied into the buffer for the strata above. No Python loop runs
-over terms or samples; the op count grows with strata and buckets.
+[R_s, B] tensor, activation and batch norm run on that tensor once per stratum, the stratum's output is copied
+into the buffer for the strata above, and the next stratum's read also computes this stratum's heads. No Python
+loop runs over terms or samples; the op count grows with strata and buckets. The activation buffer and the
+gradient buffer are reused from step to step (`_Workspace`).
 
 Gene columns of the first layer live unpadded in one flat parameter per stratum (`strata.{s}.gene_weight`: for
 each term, in bucket-slot order, its [L_t, G_t] block row-major); the dense path (embeddings, attention, or
@@ -21,6 +22,9 @@ stratum below back to autograd. Stratum s-1 is read only by strata >= s, and aut
 stratum s-1's rows is already in the buffer.
 """
 from __future__ import annotations
+
+import threading
+import weakref
 
 import numpy as np
 import torch
@@ -40,14 +44,56 @@ from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, heads_backward,
 SPARSE_GENE_COST = 0.25
 
 
+class _Workspace:
+    """One reusable [rows, B] tensor (the activation buffer, or the gradient buffer) per model. Fresh tensors this
+    large are above glibc's mmap threshold, so every step would page-fault them in again (at batch 256 that was
+    a fifth of the step once other work had run in between; see docs/performance.md). One owner at a time: a
+    forward pass (the activation buffer) or a backward pass (the gradient buffer); a second concurrent owner, for
+    example another thread, gets a fresh tensor. An owner that never releases (a graph freed before its backward
+    finished) frees the workspace when it is garbage-collected (the owner is held by weak reference)."""
+
+    def __init__(self):
+        self.tensor: torch.Tensor | None = None
+        self.owner: weakref.ref | None = None
+        self.lock = threading.Lock()
+
+    def __reduce__(self):  # a copied or pickled model starts with an empty workspace of its own
+        return (_Workspace, ())
+
+    def acquire(self, owner, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        with self.lock:
+            free = self.owner is None or self.owner() is None
+            if free:
+                self.owner = weakref.ref(owner)
+                t = self.tensor
+                if t is None or t.shape != (rows, cols) or t.dtype != dtype or t.device != device:
+                    self.tensor = None  # drop the old one before allocating the new one
+                    self.tensor = torch.empty(rows, cols, dtype=dtype, device=device)
+                return self.tensor
+        return torch.empty(rows, cols, dtype=dtype, device=device)
+
+    def release(self, owner) -> None:
+        with self.lock:
+            if self.owner is not None and self.owner() is owner:
+                self.owner = None
+
+
 class _BackwardState:
     """Shared by the stratum reads of one forward pass: the gradient buffer [rows, B], built on first use."""
 
-    def __init__(self, num_rows: int, buf: torch.Tensor):
+    def __init__(self, num_rows: int, buf: torch.Tensor, workspace: _Workspace):
         # the gradient buffer takes the activation buffer's dtype (under autocast gradients may arrive in another)
-        self.num_rows, self.dtype, self.device = num_rows, buf.dtype, buf.device
+        self.num_rows, self.dtype, self.device, self.workspace = num_rows, buf.dtype, buf.device, workspace
         self.grad_buf: torch.Tensor | None = None
         self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
+
+    def new_grad_buf(self, batch: int) -> torch.Tensor:
+        self.grad_buf = self.workspace.acquire(self, self.num_rows, batch, self.dtype, self.device).zero_()
+        return self.grad_buf
+
+    def free_grad_buf(self) -> None:
+        self.grad_buf = None
+        self.workspace.release(self)
 
 
 class _ReadStratum(torch.autograd.Function):
@@ -82,7 +128,7 @@ class _ReadStratum(torch.autograd.Function):
             if grad is None:
                 continue
             if state.grad_buf is None:
-                state.grad_buf = torch.zeros(state.num_rows, grad.shape[1], dtype=state.dtype, device=state.device)
+                state.new_grad_buf(grad.shape[1])
             state.grad_buf.index_add_(0, index, grad)
         needs = ctx.needs_input_grad[9:]
         head_grads: list = []
@@ -94,16 +140,18 @@ class _ReadStratum(torch.autograd.Function):
                 target = None
                 if needs[0]:
                     if state.grad_buf is None:
-                        state.grad_buf = torch.zeros(state.num_rows, o.shape[1], dtype=state.dtype,
-                                                     device=state.device)
+                        state.new_grad_buf(o.shape[1])
                     a = ctx.below.row_start
                     target = state.grad_buf[a: a + ctx.below.num_rows]
                 head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target, needs[n_sources:])
         grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
-        out = tuple(grad_buf[a:b].view(shape) if need and grad_buf is not None else None
+        # views of the reused gradient buffer for stratum outputs (their backward makes new tensors from them);
+        # copies for the gene region, whose gradient may end up stored (a leaf's .grad)
+        out = tuple((grad_buf[a:b].view(shape) if ctx.below is not None else grad_buf[a:b].reshape(shape).clone())
+                    if need and grad_buf is not None else None
                     for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
         if ctx.stratum == state.last_reader:
-            state.grad_buf = None
+            state.free_grad_buf()
         return (None,) * 9 + out + tuple(head_grads)
 
 
@@ -246,6 +294,7 @@ class StratumDCell(nn.Module):
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         if self.binary_genes:
             self._register_gene_slots()
+        self._buf_workspace, self._grad_workspace = _Workspace(), _Workspace()
         self.reset_parameters()
 
     def _register_gene_slots(self) -> None:
@@ -328,20 +377,29 @@ class StratumDCell(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_states: bool = False) -> DCellOutput:
         check_genotypes(x, self.sizes.num_genes)
+        state = _BackwardState(self.plan.num_rows, x, self._grad_workspace)
+        # every row but row 0 is written before it is read; nothing reads the buffer after forward returns
+        buf = self._buf_workspace.acquire(state, self.plan.num_rows, x.shape[0], x.dtype, x.device)
+        try:
+            return self._forward(x, buf, state, return_states)
+        finally:
+            self._buf_workspace.release(state)
+
+    def _forward(self, x: torch.Tensor, buf: torch.Tensor, state: _BackwardState, return_states: bool,
+                 ) -> DCellOutput:
         B = x.shape[0]
-        buf = x.new_empty(self.plan.num_rows, B)  # every row but row 0 is written before it is read
         buf[0].zero_()
         sources, spans = self._gene_region(x)
         genes_need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         # binary genotypes needing no gradient: gene columns computed from the nonzero entries only
         sparse = self.binary_genes and self.cfg.sparse_gene_inputs and not genes_need_grad
         entries = self._sparse_entries(x) if sparse else [None] * len(self.strata)
-        state = _BackwardState(self.plan.num_rows, buf)
         readers = []
         heads, outs = [], []
-        with torch.no_grad():
-            for src, (a, b, _) in zip(sources, spans):
-                buf[a:b].copy_(src.reshape(b - a, B))
+        if not sparse:  # the sparse path reads no gene rows
+            with torch.no_grad():
+                for src, (a, b, _) in zip(sources, spans):
+                    buf[a:b].copy_(src.reshape(b - a, B))
         norm_type, training = self.cfg.norm_type, self.training
         below = None  # the stratum whose output is `sources`: its heads are computed by the next read
         for s, stratum in enumerate([*self.strata, None]):

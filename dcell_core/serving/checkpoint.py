@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from dcell_core.fileio import file_sha256
 from dcell_core.ontology.hierarchy import Hierarchy, HierarchyError
 
-FORMAT, FORMAT_VERSION = "dcell-checkpoint", 1
+# 2: gene columns stored unpadded per stratum, batch-norm statistics per stratum (StratumDCell state-dict layout)
+FORMAT, FORMAT_VERSION = "dcell-checkpoint", 2
 INFO, WEIGHTS, CONFIG, HIERARCHY, METRICS, CARD = ("checkpoint.json", "model.safetensors", "config.yaml",
                                                   "hierarchy.json", "metrics.json", "model_card.md")
 PLOTS = "plots"
