@@ -88,8 +88,8 @@ def step(model, x, y, loss_cfg, genotype_grad=True):
 def assert_same_parameter_gradients(hierarchy: Hierarchy, model_kw: dict, batch: int = 6,
                                     x: torch.Tensor | None = None) -> None:
     """Genotypes without requires_grad (as in training): the gene input parts take the path that computes no
-    input gradient (and, for binary genes, the sparse path); outputs and every parameter gradient must still
-    equal the oracle's."""
+    input gradient (and, for binary genes, the sparse path); outputs, every parameter gradient, the batch-norm
+    statistics and the eval-mode outputs must still equal the oracle's."""
     cfg, loss_cfg = ModelConfig(**model_kw), LossConfig()
     torch.manual_seed(0)
     oracle = build_dcell(hierarchy, cfg, fast=False).double()
@@ -98,12 +98,21 @@ def assert_same_parameter_gradients(hierarchy: Hierarchy, model_kw: dict, batch:
     x = x_dense if x is None else x
     out_o, _, _ = step(oracle, x, y, loss_cfg, genotype_grad=False)
     out_f, _, _ = step(fast, x, y, loss_cfg, genotype_grad=False)
+    close(out_o.prediction, out_f.prediction, "root prediction")
     close(out_o.aux, out_f.aux, "auxiliary predictions")
     close(out_o.states, out_f.states, "term states")
     grads_f = oracle_gradients(fast)
     for name, p in oracle.named_parameters():
         assert grads_f[name] is not None, f"{name}: no gradient in the fast model"
         close(p.grad, grads_f[name], f"gradient of {name}")
+    sd_f = oracle_state_dict(fast)
+    for name, value in oracle.state_dict().items():
+        close(value.double(), sd_f[name].double(), f"state {name}")
+    oracle.eval(), fast.eval()
+    with torch.no_grad():
+        ev_o, ev_f = oracle(x, return_states=True), fast(x, return_states=True)
+    close(ev_o.aux, ev_f.aux, "eval auxiliary predictions")
+    close(ev_o.states, ev_f.states, "eval term states")
 
 
 def assert_equivalent(hierarchy: Hierarchy, model_kw: dict, loss_kw: dict, batch: int = 6) -> None:
@@ -158,6 +167,50 @@ def test_sparse_gene_path_with_one_disrupted_gene_per_sample(case):
     g1, g4 = h.gene_index["g1"], h.gene_index["g4"]
     x[torch.arange(5), torch.tensor([g1, g1, g4, g1, h.gene_index["k3"]])] = 1.0
     assert_same_parameter_gradients(h, dict(CASES[case][0], norm_type="layer"), batch=5, x=x)
+
+
+class ShapeCounter(TorchDispatchMode):
+    """Counts calls of `op` whose first argument has shape `shape`."""
+
+    def __init__(self, op, shape):
+        super().__init__()
+        self.count, self.op, self.shape = 0, op, tuple(shape)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is self.op and tuple(args[0].shape) == self.shape
+        return func(*args, **(kwargs or {}))
+
+
+COMPACT_CASES = {"paper": {}, "direct": dict(width_basis="direct"), "none_relu": CASES["none_relu"][0],
+                 "norm_act": dict(norm_order="norm_act"), "selu": dict(activation="selu"),
+                 "batch_gelu_0.1": CASES["batch_gelu_0.1"][0], "leaky_init_0.001": CASES["leaky_init_0.001"][0],
+                 "tight_buckets": CASES["tight_buckets"][0]}
+
+
+@pytest.mark.parametrize("case", sorted(COMPACT_CASES))
+@pytest.mark.parametrize("values", ["binary", "weighted"])
+def test_compact_first_stratum_equals_oracle(case, values):
+    """Stratum 0 (no children) on the sparse path with one layer and batch norm or none is computed from its
+    non-wild-type entries only: no dense activation over its [R_0, B] pre-activations runs, and everything
+    (outputs, gradients, running statistics, eval outputs) equals the oracle. Random genotypes put two
+    disrupted genes of one term in one sample (D holds g1 g2 g3); "weighted" uses non-binary values.
+    (norm_act is tested with tanh: with a kinked activation after batch norm, a neuron that is constant over
+    the batch sits exactly on the kink, where the gradient's branch is decided by rounding noise.)"""
+    h = hand_hierarchy()
+    model_kw = COMPACT_CASES[case]
+    x, _ = genotypes(h.num_genes, 7, seed=2)
+    if values == "weighted":
+        x = x * torch.linspace(0.25, 2.0, h.num_genes, dtype=torch.float64)
+    d = [h.gene_index[g] for g in ("g1", "g2", "g3")]
+    assert bool(((x[:, d] != 0).sum(1) >= 2).any())
+    assert_same_parameter_gradients(h, model_kw, batch=7, x=x)
+    fast = build_dcell(h, ModelConfig(**model_kw)).double()
+    act = {"relu": torch.ops.aten.relu.default, "selu": torch.ops.aten.elu.default,
+           "gelu": torch.ops.aten.gelu.default, "leaky_relu": torch.ops.aten.leaky_relu.default}.get(
+        fast.cfg.activation, torch.ops.aten.tanh.default)
+    with ShapeCounter(act, (fast.strata[0].num_rows, 7)) as counter:
+        fast(x)
+    assert counter.count == 0
 
 
 def test_sparse_gene_path_reads_no_gene_inputs():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -241,6 +242,51 @@ class Stratum(nn.Module):
     def head_params(self) -> tuple[torch.Tensor, ...]:
         return tuple(p for b in self.buckets for p in (b.head_weight, b.head_bias))
 
+    def compact_output(self, c: Compact, B: int, act, norm_order: str, norm_type: str, training: bool,
+                       ) -> torch.Tensor:
+        """The output [R_s, B] of a stratum without children (one layer, batch norm or none) from its compact
+        form. Without children, a term's pre-activation in sample b is its bias unless one of its genes is
+        disrupted in b; so every neuron has one wild-type value v0 [R_s] shared by most samples and a few other
+        values e at the entries `c.rows`, `c.flat`. Activation and norm (batch statistics as sums weighted by
+        how many samples hold v0) run on that form, and only the output is made dense."""
+        bias = _flat([b.biases[0] for b in self.buckets])  # [R_s]
+        add = self.gene_weight[c.w_idx]
+        if c.values is not None:
+            add = add * c.values.to(add.dtype)
+        e = bias[c.rows] + add.new_zeros(c.size).index_add(0, c.e_idx, add)
+        v0 = bias
+        if norm_order == "act_norm":
+            v0, e = self._compact_norm(act(v0), act(e), c, B, norm_type, training)
+        else:
+            v0, e = self._compact_norm(v0, e, c, B, norm_type, training)
+            v0, e = act(v0), act(e)
+        return _ExpandScatter.apply(v0, e, c.rows, c.flat, B)
+
+    def _compact_norm(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, norm_type: str, training: bool,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        if norm_type == "none":
+            return v0, e
+        rm, rv = self.running_mean_0, self.running_var_0
+        if training:
+            if B <= 1:  # as F.batch_norm
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                                 f"{torch.Size([1, self.num_rows, B])}")
+            held = B - v0.new_zeros(self.num_rows).index_add_(0, c.rows, v0.new_ones(c.size))  # samples at v0
+            mean = (held * v0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, e)) / B
+            d0, de = v0 - mean, e - mean[c.rows]
+            var = (held * d0 * d0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, de * de)) / B
+            with torch.no_grad():
+                rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
+                rv.mul_(1 - BN_MOMENTUM).add_(var.detach(), alpha=BN_MOMENTUM * B / (B - 1))
+        else:
+            mean, var = rm, rv
+            d0, de = v0 - mean, e - mean[c.rows]
+        inv = torch.rsqrt(var + NORM_EPS)
+        gain = _flat([b.norm_weights[0] for b in self.buckets])
+        shift = _flat([b.norm_biases[0] for b in self.buckets])
+        scale = inv * gain
+        return d0 * scale + shift, de * scale[c.rows] + shift[c.rows]
+
     def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
         if norm_type == "none":
             return h
@@ -252,6 +298,54 @@ class Stratum(nn.Module):
         out = F.batch_norm(h.view(1, *h.shape), getattr(self, f"running_mean_{k}"), getattr(self, f"running_var_{k}"),
                            gain, shift, training, BN_MOMENTUM, NORM_EPS)
         return out.view(h.shape)
+
+
+class Compact(NamedTuple):
+    """Stratum 0's non-wild-type entries (see Stratum.compact_output): entry i is neuron rows[i] in sample
+    flat[i] % B (flat = row * B + b, unique); gene-column element j adds gene_weight[w_idx[j]] (x values[j])
+    into entry e_idx[j]."""
+    rows: torch.Tensor
+    flat: torch.Tensor
+    e_idx: torch.Tensor
+    w_idx: torch.Tensor
+    values: torch.Tensor | None
+    size: int
+
+
+def _compact(row: torch.Tensor, length: torch.Tensor, b: torch.Tensor, w_idx: torch.Tensor,
+             values: torch.Tensor | None, B: int) -> Compact:
+    """From stratum 0's input slots hit by a disrupted gene (first row of the term, L_t, sample) and their
+    elements (in slot order, L_t each): the distinct (term, sample) pairs expanded to their L_t neurons."""
+    pairs, inverse = torch.unique(row * B + b, return_inverse=True)  # sorted: by term row, then sample
+    pair_len = torch.zeros_like(pairs).scatter_(0, inverse, length)
+    pair_first = torch.cumsum(pair_len, 0) - pair_len
+    size = int(pair_len.sum())
+    step = torch.arange(size, device=row.device)
+    rows = step + torch.repeat_interleave(pairs // B - pair_first, pair_len)
+    flat = rows * B + torch.repeat_interleave(pairs % B, pair_len)
+    slot_first = torch.cumsum(length, 0) - length
+    e_idx = torch.arange(len(w_idx), device=row.device) + torch.repeat_interleave(pair_first[inverse] - slot_first,
+                                                                                  length)
+    return Compact(rows, flat, e_idx, w_idx, values, size)
+
+
+class _ExpandScatter(torch.autograd.Function):
+    """Dense [R, B] from a per-row value v0 [R] (every sample) overwritten at the entries (rows, flat) by e."""
+
+    @staticmethod
+    def forward(ctx, v0, e, rows, flat, batch):
+        out = v0.unsqueeze(1).expand(len(v0), batch).contiguous()
+        out.view(-1).index_copy_(0, flat, e.to(out.dtype))
+        ctx.save_for_backward(rows, flat)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows, flat = ctx.saved_tensors
+        grad_e = grad.contiguous().view(-1)[flat]
+        grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
+        return grad_v0, grad_e, None, None, None
 
 
 def _flat(params: list[torch.Tensor]) -> torch.Tensor:
@@ -314,10 +408,11 @@ class StratumDCell(nn.Module):
         self.register_buffer("gene_slot_table", torch.from_numpy(np.ascontiguousarray(table[:, 1:])),
                              persistent=False)
 
-    def _sparse_entries(self, x: torch.Tensor) -> list[tuple[torch.Tensor, ...] | None]:
+    def _sparse_entries(self, x: torch.Tensor, compact_first: bool) -> list:
         """Per stratum (None where it has no gene columns), the elements (gene_weight index, flat index into the
         [R_s, B] stratum tensor, genotype value, or None when every nonzero entry is 1) of every nonzero genotype
-        entry x[b, g], once for each row r < L_t of each input slot (term t) of gene g."""
+        entry x[b, g], once for each row r < L_t of each input slot (term t) of gene g. With `compact_first`,
+        stratum 0's entry is a `Compact` description instead (see `Stratum.compact_output`)."""
         B, dev = x.shape[0], x.device
         b_nz, g_nz = x.nonzero(as_tuple=True)
         value = x[b_nz, g_nz]
@@ -338,8 +433,11 @@ class StratumDCell(nn.Module):
             0, table[:, 0], length).tolist()
         columns = (w_idx.split(per_stratum), o_idx.split(per_stratum),
                    [None] * len(per_stratum) if values is None else values.split(per_stratum))
-        return [None if st.gene_weight is None else tuple(c[s] for c in columns)
-                for s, st in enumerate(self.strata)]
+        out = [None if st.gene_weight is None else tuple(c[s] for c in columns) for s, st in enumerate(self.strata)]
+        if compact_first:
+            slots0 = int((table[:, 0] == 0).sum())
+            out[0] = _compact(table[:slots0, 2], length[:slots0], b_nz[src[:slots0]], columns[0][0], columns[2][0], B)
+        return out
 
     def reset_parameters(self) -> None:
         r = self.cfg.init_range
@@ -393,7 +491,9 @@ class StratumDCell(nn.Module):
         genes_need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         # binary genotypes needing no gradient: gene columns computed from the nonzero entries only
         sparse = self.binary_genes and self.cfg.sparse_gene_inputs and not genes_need_grad
-        entries = self._sparse_entries(x) if sparse else [None] * len(self.strata)
+        # stratum 0 (no children) computed from its few non-wild-type columns; see Stratum.compact_output
+        compact = sparse and self.cfg.subsystem_layers == 1 and self.cfg.norm_type in ("batch", "none")
+        entries = self._sparse_entries(x, compact) if sparse else [None] * len(self.strata)
         readers = []
         heads, outs = [], []
         if not sparse:  # the sparse path reads no gene rows
@@ -415,8 +515,11 @@ class StratumDCell(nn.Module):
                 parts = parts[:-1]
             if stratum is None:
                 break
-            h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
-            for k in range(self.cfg.subsystem_layers):
+            if isinstance(entries[s], Compact):
+                h = stratum.compact_output(entries[s], B, self.act, self.cfg.norm_order, norm_type, training)
+            else:
+                h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
+            for k in range(self.cfg.subsystem_layers if not isinstance(entries[s], Compact) else 0):
                 if k:
                     h = stratum.next_layer(h, k)
                 if self.cfg.norm_order == "act_norm":
