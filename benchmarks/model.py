@@ -1,4 +1,5 @@
-"""`python -m benchmarks.model [--json] [--synthetic] [--threads N] [--repeats N]`: DCell training-step speed.
+"""`python -m benchmarks.model [--json] [--synthetic] [--threads N] [--repeats N] [--device cpu|cuda] [--bf16]`:
+DCell training-step speed.
 
 For the whole yeast hierarchy (`load_named("yeast_go")`, or `--synthetic`: a random hierarchy of the same shape)
 and both width bases, at batch 32 and 256: one training step (zero_grad, forward, DCell loss, backward, AdamW
@@ -14,7 +15,11 @@ The stratum-parallel model applies the gene columns of its first layers from the
 
 peak_mb: parameters + optimizer state of the stratum-parallel model plus the peak of the bytes allocated during
 one step (gradients, activations, temporaries), from the PyTorch profiler's allocation events
-(profile_memory=True, an extra untimed step); oracle_peak_mb likewise.
+(profile_memory=True, an extra untimed step); oracle_peak_mb likewise. On CUDA: torch.cuda.max_memory_allocated
+over one step (parameters and optimizer state included).
+
+`--device cuda` runs everything on the GPU (timings synchronize the device); `--bf16` runs the oracle, the model
+and the floor under bfloat16 autocast, as `train.bf16=true` does.
 
 Large CPU tensors are freshly mmap'ed by PyTorch on every op, and on this VM page faults cost more than the
 arithmetic of a copy; THP_MEM_ALLOC_ENABLE=1 (set here unless already set, for every model and the floor alike)
@@ -86,23 +91,37 @@ def _state_mb(model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
     return (params + state) / 2**20
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Trainer:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, bf16: bool = False):
         self.model = model
+        self.device = next(model.parameters()).device
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
         self.loss_cfg = LossConfig()
+        self.bf16 = bf16
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        _sync(self.device)
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        total, _ = dcell_loss(self.model(x), y, self.loss_cfg)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            total, _ = dcell_loss(self.model(x), y, self.loss_cfg)
         total.backward()
         self.opt.step()
+        _sync(self.device)
         return time.perf_counter() - t0
 
     def peak_mb(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)  # gradients are allocated inside the step and counted
         gc.collect()
+        if self.device.type == "cuda":  # everything on the device: parameters, optimizer state, the step
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step(x, y)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
             self.step(x, y)
         events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
@@ -111,15 +130,18 @@ class Trainer:
         return _state_mb(self.model, self.opt) + max(0.0, float(live.max())) / 2**20
 
 
-def floor_step(num_weights: int, batch: int):
-    weight = torch.randn(4096, math.ceil(num_weights / 4096), requires_grad=True)
-    inp = torch.randn(batch, 4096, requires_grad=True)
+def floor_step(num_weights: int, batch: int, device: torch.device = torch.device("cpu"), bf16: bool = False):
+    weight = torch.randn(4096, math.ceil(num_weights / 4096), device=device, requires_grad=True)
+    inp = torch.randn(batch, 4096, device=device, requires_grad=True)
 
     def run() -> float:
+        _sync(device)
         t0 = time.perf_counter()
         weight.grad = inp.grad = None
-        out = inp @ weight
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = inp @ weight
         out.backward(torch.ones_like(out))
+        _sync(device)
         return time.perf_counter() - t0
 
     return run
@@ -135,20 +157,22 @@ def genotype_batch(num_genes: int, batch: int, seed: int, per_sample: int = 3) -
 
 
 def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log, per_sample: int = 3,
-                sparse_gene_inputs: bool = True) -> list[dict]:
+                sparse_gene_inputs: bool = True, device: torch.device = torch.device("cpu"),
+                bf16: bool = False) -> list[dict]:
     cfg = ModelConfig(width_basis=basis, sparse_gene_inputs=sparse_gene_inputs)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     oracle = build_dcell(h, cfg, fast=False)
-    fast = from_oracle(oracle)
+    fast = from_oracle(oracle).to(device)
+    oracle.to(device)
     log(f"[{basis}] built oracle + stratum-parallel model in {time.perf_counter() - t0:.1f} s; "
         f"plan {fast.plan.stats}")
     num_weights = sum(p.numel() for p in oracle.parameters())
-    trainers = {"oracle": Trainer(oracle), "fast": Trainer(fast)}
+    trainers = {"oracle": Trainer(oracle, bf16), "fast": Trainer(fast, bf16)}
     rows = []
     for batch in batches:
-        x, y = genotype_batch(h.num_genes, batch, seed=batch, per_sample=per_sample)
-        floor = floor_step(num_weights, batch)
+        x, y = (t.to(device) for t in genotype_batch(h.num_genes, batch, seed=batch, per_sample=per_sample))
+        floor = floor_step(num_weights, batch, device, bf16)
         for tr in trainers.values():
             tr.step(x, y)  # warm-up: optimizer state, allocator
         floor()
@@ -191,7 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--genes-per-sample", type=int, default=3, help="disrupted genes per genotype")
     ap.add_argument("--dense-gene-inputs", action="store_true", help="ModelConfig.sparse_gene_inputs=False")
     ap.add_argument("--no-thp", action="store_true", help="leave THP_MEM_ALLOC_ENABLE unset")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the oracle, the model and the floor")
     args = ap.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        ap.error(f"--device {args.device!r}: {e}")
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device!r}: no CUDA device is available")
     torch.set_num_threads(args.threads)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
     if args.synthetic:
@@ -205,16 +239,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for basis in args.bases.split(","):
         rows += bench_basis(h, basis, [int(b) for b in args.batches.split(",")], args.repeats, log,
-                            args.genes_per_sample, not args.dense_gene_inputs)
+                            args.genes_per_sample, not args.dense_gene_inputs, device, args.bf16)
     result = {"hierarchy": name, "fingerprint": h.fingerprint, "terms": h.num_terms, "genes": h.num_genes,
-              "threads": args.threads, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+              "threads": args.threads, "device": str(device), "bf16": args.bf16,
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
               "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", ""), "repeats": args.repeats,
               "genes_per_sample": args.genes_per_sample, "sparse_gene_inputs": not args.dense_gene_inputs,
               "load_average_before_after": [load_before[0], os.getloadavg()[0]], "rows": rows}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"\n{name}, {args.threads} threads, {result['cpu']}, best of {args.repeats}")
+        where = result["gpu"] or f"{args.threads} threads, {result['cpu']}"
+        print(f"\n{name}, {where}{', bf16 autocast' if args.bf16 else ''}, best of {args.repeats}")
         print("| basis | batch | params | oracle s | fast s | floor s | speedup | floor ratio | samples/s | peak MB |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
