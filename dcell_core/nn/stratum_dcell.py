@@ -1,7 +1,7 @@
 """The stratum-parallel DCell: every stratum is one gather plus a few batched ops per shape bucket.
 
 Forward keeps all term outputs in one neuron-major activation buffer [rows, B] (layout in plan.py). Stratum s
-reads its whole input with one index_select per bucket and input part (`_ReadStratum`; a bucket's children part
+reads its whole input with one index_select per bucket and input part (`ReadStratum`, reads.py; a bucket's children part
 and gene part are read separately, and the gene part is marked non-differentiable unless the gene region needs a
 gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes that need no
 gradient the gene part is not read at all: the gene columns are applied from the nonzero genotype entries).
@@ -9,7 +9,7 @@ gradient the gene part is not read at all: the gene columns are applied from the
 [R_s, B] tensor, activation and batch norm run on that tensor once per stratum, the stratum's output is copied
 into the buffer for the strata above, and the next stratum's read also computes this stratum's heads. No Python
 loop runs over terms or samples; the op count grows with strata and buckets. The activation buffer and the
-gradient buffer are reused from step to step (`_Workspace`).
+gradient buffer are reused from step to step (`Workspace`, reads.py).
 
 Gene columns of the first layer live unpadded in one flat parameter per stratum (`strata.{s}.gene_weight`: for
 each term, in bucket-slot order, its [L_t, G_t] block row-major); the dense path (embeddings, attention, or
@@ -23,333 +23,23 @@ stratum s-1's rows is already in the buffer.
 """
 from __future__ import annotations
 
-import threading
-import weakref
-from typing import NamedTuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from dcell_core.nn.buckets import TermBucket
-from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, DCellOutput, TermSizes, activation_fn, check_genotypes
+from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
+from dcell_core.nn.compact import Compact, compact_entries
 from dcell_core.nn.config import ModelConfig
-from dcell_core.nn.plan import BucketPlan, build_plan
-from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, heads_backward, heads_forward
+from dcell_core.nn.plan import build_plan
+from dcell_core.nn.reads import BackwardState, ReadStratum, Workspace
+from dcell_core.nn.stratum import Stratum
 
 
 # Bucket planning weight of a padded gene column on the sparse gene path relative to a dense column (it costs
 # parameter memory and optimizer work, not multiply-adds); measured on yeast_go, see docs/performance.md.
 SPARSE_GENE_COST = 0.25
-
-
-class _Workspace:
-    """One reusable [rows, B] tensor (the activation buffer, or the gradient buffer) per model. Fresh tensors this
-    large are above glibc's mmap threshold, so every step would page-fault them in again (at batch 256 that was
-    a fifth of the step once other work had run in between; see docs/performance.md). One owner at a time: a
-    forward pass (the activation buffer) or a backward pass (the gradient buffer); a second concurrent owner, for
-    example another thread, gets a fresh tensor. An owner that never releases (a graph freed before its backward
-    finished) frees the workspace when it is garbage-collected (the owner is held by weak reference)."""
-
-    def __init__(self):
-        self.tensor: torch.Tensor | None = None
-        self.owner: weakref.ref | None = None
-        self.lock = threading.Lock()
-
-    def __reduce__(self):  # a copied or pickled model starts with an empty workspace of its own
-        return (_Workspace, ())
-
-    def acquire(self, owner, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        with self.lock:
-            free = self.owner is None or self.owner() is None
-            if free:
-                self.owner = weakref.ref(owner)
-                t = self.tensor
-                if t is None or t.shape != (rows, cols) or t.dtype != dtype or t.device != device:
-                    self.tensor = None  # drop the old one before allocating the new one
-                    self.tensor = torch.empty(rows, cols, dtype=dtype, device=device)
-                return self.tensor
-        return torch.empty(rows, cols, dtype=dtype, device=device)
-
-    def release(self, owner) -> None:
-        with self.lock:
-            if self.owner is not None and self.owner() is owner:
-                self.owner = None
-
-
-class _BackwardState:
-    """Shared by the stratum reads of one forward pass: the gradient buffer [rows, B], built on first use."""
-
-    def __init__(self, num_rows: int, buf: torch.Tensor, workspace: _Workspace):
-        # the gradient buffer takes the activation buffer's dtype (under autocast gradients may arrive in another)
-        self.num_rows, self.dtype, self.device, self.workspace = num_rows, buf.dtype, buf.device, workspace
-        self.grad_buf: torch.Tensor | None = None
-        self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
-
-    def new_grad_buf(self, batch: int) -> torch.Tensor:
-        self.grad_buf = self.workspace.acquire(self, self.num_rows, batch, self.dtype, self.device).zero_()
-        return self.grad_buf
-
-    def free_grad_buf(self) -> None:
-        self.grad_buf = None
-        self.workspace.release(self)
-
-
-class _ReadStratum(torch.autograd.Function):
-    """Gather every bucket input part of one stratum from the activation buffer: one [n * c_max, B] (children)
-    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers`; then, when `below` (the stratum
-    whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward
-    adds their input gradient in place into the shared gradient buffer before handing the rows back: the
-    stratum output's gradient arrives whole, with no separate sum of two [R_s, B] gradients."""
-
-    @staticmethod
-    def forward(ctx, buf, gathers, gene_parts, genes_need_grad, state, stratum, spans, below, n_sources, *tensors):
-        # `sources` (the tensors stored in the rows `spans`) are inputs so that autograd routes their gradients
-        # through here; their values are already in `buf`. The rest of `tensors` are the heads' parameters.
-        sources, head_params = tensors[:n_sources], tensors[n_sources:]
-        ctx.gathers, ctx.state, ctx.stratum, ctx.spans, ctx.below = gathers, state, stratum, spans, below
-        ctx.n_sources = n_sources
-        ctx.set_materialize_grads(False)  # a bucket whose input gets no gradient adds nothing
-        out = tuple(buf.index_select(0, index) for index in gathers)
-        if not genes_need_grad:
-            ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
-        if below is None:
-            return out
-        ctx.save_for_backward(sources[0], *head_params)
-        return out + (heads_forward(below.rows, sources[0], head_params),)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):
-        state = ctx.state
-        n_gathers, n_sources = len(ctx.gathers), ctx.n_sources
-        for index, grad in zip(ctx.gathers, grads):
-            if grad is None:
-                continue
-            if state.grad_buf is None:
-                state.new_grad_buf(grad.shape[1])
-            state.grad_buf.index_add_(0, index, grad)
-        needs = ctx.needs_input_grad[9:]
-        head_grads: list = []
-        if ctx.below is not None:
-            o, *params = ctx.saved_tensors
-            grad_heads = grads[n_gathers]
-            head_grads = [None] * len(params)
-            if grad_heads is not None:
-                target = None
-                if needs[0]:
-                    if state.grad_buf is None:
-                        state.new_grad_buf(o.shape[1])
-                    a = ctx.below.row_start
-                    target = state.grad_buf[a: a + ctx.below.num_rows]
-                head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target, needs[n_sources:])
-        grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
-        # views of the reused gradient buffer for stratum outputs (their backward makes new tensors from them);
-        # copies for the gene region, whose gradient may end up stored (a leaf's .grad)
-        out = tuple((grad_buf[a:b].view(shape) if ctx.below is not None else grad_buf[a:b].reshape(shape).clone())
-                    if need and grad_buf is not None else None
-                    for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
-        if ctx.stratum == state.last_reader:
-            state.free_grad_buf()
-        return (None,) * 9 + out + tuple(head_grads)
-
-
-class Stratum(nn.Module):
-    def __init__(self, plans: list[BucketPlan], buckets: list[TermBucket], sizes: TermSizes, layers: int,
-                 norm_type: str):
-        super().__init__()
-        self.parts: list[tuple[int, bool]] = []  # (bucket, is gene part) of every gather, in read order
-        for k, plan in enumerate(plans):
-            for is_gene, gather in ((False, plan.child_gather), (True, plan.gene_gather)):
-                if gather.size:  # [n_k * c_max_k] or [n_k * g_max_k] buffer rows of bucket k's inputs
-                    self.register_buffer(f"gather_{len(self.parts)}", torch.from_numpy(gather), persistent=False)
-                    self.parts.append((k, is_gene))
-        self.buckets = nn.ModuleList(buckets)
-        self.row_start = plans[0].row_offset  # first buffer row of this stratum's outputs
-        self.rows = tuple(BucketRows(b.row_offset - self.row_start, b.n, b.w_max) for b in buckets)
-        self.num_rows = sum(b.n * b.w_max for b in buckets)
-        # unpadded gene columns: term -> offset of its [G_t, L_t] block (one contiguous column of the first layer
-        # per gene input); padded position of every entry
-        E = sizes.token_dim
-        self.gene_offset: dict[int, int] = {}
-        pad_index, pad_base, offset = [], 0, 0
-        for plan, bucket in zip(plans, buckets):
-            for i, t in enumerate(plan.terms):
-                L, G = sizes.widths[t], len(sizes.direct_genes[t]) * E
-                if G:
-                    self.gene_offset[t] = offset
-                    j, r = np.meshgrid(np.arange(G), np.arange(L), indexing="ij")
-                    pad_index.append((pad_base + (i * bucket.w_max + r) * bucket.g_max + j).reshape(-1))
-                    offset += L * G
-            pad_base += bucket.n * bucket.w_max * bucket.g_max
-        self.gene_pad_sizes = [b.n * b.w_max * b.g_max for b in buckets]
-        self.gene_weight = nn.Parameter(torch.zeros(offset)) if offset else None
-        if offset:
-            self.register_buffer("gene_pad_index", torch.from_numpy(np.concatenate(pad_index)), persistent=False)
-        valid_rows = torch.cat([b.row_mask.reshape(-1) for b in buckets])
-        for k in range(layers if norm_type == "batch" else 0):
-            self.register_buffer(f"running_mean_{k}", torch.zeros(self.num_rows))
-            self.register_buffer(f"running_var_{k}", valid_rows.clone())
-
-    def read_parts(self, genes: bool) -> list[tuple[int, bool]]:
-        """The (bucket, is gene part) pairs to read: all, or only the children parts."""
-        return [p for p in self.parts if genes or not p[1]]
-
-    def gathers(self, genes: bool) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f"gather_{i}") for i, p in enumerate(self.parts) if genes or not p[1])
-
-    def bucket_inputs(self, parts: tuple[torch.Tensor, ...], B: int, genes: bool) -> list[list[torch.Tensor | None]]:
-        """[children input [n, c_max, B] or None, gene input [n, g_max, B] or None] per bucket."""
-        out: list[list[torch.Tensor | None]] = [[None, None] for _ in self.buckets]
-        for (k, is_gene), part in zip(self.read_parts(genes), parts):
-            bucket = self.buckets[k]
-            out[k][is_gene] = part.view(bucket.n, bucket.g_max if is_gene else bucket.c_max, B)
-        return out
-
-    def views(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """The [n, w_max, B] block of every bucket in a stratum tensor [R_s, B]."""
-        B = h.shape[1]
-        return [v.view(b.n, b.w_max, B) for v, b in zip(h.split([b.n * b.w_max for b in self.buckets]), self.buckets)]
-
-    def padded_gene_weights(self) -> list[torch.Tensor | None]:
-        """The gene columns as padded [n, w_max, g_max] blocks (dense path), differentiable."""
-        padded = self.gene_weight.new_zeros(sum(self.gene_pad_sizes)).index_copy(0, self.gene_pad_index,
-                                                                                 self.gene_weight)
-        return [p.view(b.n, b.w_max, b.g_max) if b.g_max else None
-                for p, b in zip(padded.split(self.gene_pad_sizes), self.buckets)]
-
-    def first_layer(self, inputs: list[list[torch.Tensor | None]], B: int,
-                    sparse: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-        """W I + b of every term of the stratum -> [R_s, B]."""
-        dense = (self.padded_gene_weights() if sparse is None and self.gene_weight is not None
-                 else [None] * len(self.buckets))
-        tensors: list[torch.Tensor | None] = []
-        for bucket, (inp_c, inp_g), gene_w in zip(self.buckets, inputs, dense):
-            tensors += [bucket.biases[0], bucket.child_weight, inp_c, gene_w, inp_g if gene_w is not None else None]
-        tensors.append(self.gene_weight if sparse is not None else None)
-        return StratumLinear.apply(self.rows, B, sparse, *tensors)
-
-    def next_layer(self, o: torch.Tensor, k: int) -> torch.Tensor:
-        """Extra subsystem layer k >= 1 of every term: W_k O + b_k -> [R_s, B]."""
-        tensors: list[torch.Tensor | None] = []
-        for bucket, view in zip(self.buckets, self.views(o)):
-            tensors += [bucket.biases[k], bucket.layer_weights[k - 1], view, None, None]
-        tensors.append(None)
-        return StratumLinear.apply(self.rows, o.shape[1], None, *tensors)
-
-    def head_params(self) -> tuple[torch.Tensor, ...]:
-        return tuple(p for b in self.buckets for p in (b.head_weight, b.head_bias))
-
-    def compact_output(self, c: Compact, B: int, act, norm_order: str, norm_type: str, training: bool,
-                       ) -> torch.Tensor:
-        """The output [R_s, B] of a stratum without children (one layer, batch norm or none) from its compact
-        form. Without children, a term's pre-activation in sample b is its bias unless one of its genes is
-        disrupted in b; so every neuron has one wild-type value v0 [R_s] shared by most samples and a few other
-        values e at the entries `c.rows`, `c.flat`. Activation and norm (batch statistics as sums weighted by
-        how many samples hold v0) run on that form, and only the output is made dense."""
-        bias = _flat([b.biases[0] for b in self.buckets])  # [R_s]
-        add = self.gene_weight[c.w_idx]
-        if c.values is not None:
-            add = add * c.values.to(add.dtype)
-        e = bias[c.rows] + add.new_zeros(c.size).index_add(0, c.e_idx, add)
-        v0 = bias
-        if norm_order == "act_norm":
-            v0, e = self._compact_norm(act(v0), act(e), c, B, norm_type, training)
-        else:
-            v0, e = self._compact_norm(v0, e, c, B, norm_type, training)
-            v0, e = act(v0), act(e)
-        return _ExpandScatter.apply(v0, e, c.rows, c.flat, B)
-
-    def _compact_norm(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, norm_type: str, training: bool,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        if norm_type == "none":
-            return v0, e
-        rm, rv = self.running_mean_0, self.running_var_0
-        if training:
-            if B <= 1:  # as F.batch_norm
-                raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                                 f"{torch.Size([1, self.num_rows, B])}")
-            held = B - v0.new_zeros(self.num_rows).index_add_(0, c.rows, v0.new_ones(c.size))  # samples at v0
-            mean = (held * v0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, e)) / B
-            d0, de = v0 - mean, e - mean[c.rows]
-            var = (held * d0 * d0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, de * de)) / B
-            with torch.no_grad():
-                rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
-                rv.mul_(1 - BN_MOMENTUM).add_(var.detach(), alpha=BN_MOMENTUM * B / (B - 1))
-        else:
-            mean, var = rm, rv
-            d0, de = v0 - mean, e - mean[c.rows]
-        inv = torch.rsqrt(var + NORM_EPS)
-        gain = _flat([b.norm_weights[0] for b in self.buckets])
-        shift = _flat([b.norm_biases[0] for b in self.buckets])
-        scale = inv * gain
-        return d0 * scale + shift, de * scale[c.rows] + shift[c.rows]
-
-    def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
-        if norm_type == "none":
-            return h
-        if norm_type == "layer":
-            return torch.cat([b.layer_norm(v, k).view(-1, h.shape[1]) for b, v in zip(self.buckets, self.views(h))])
-        # batch norm per neuron over the batch: channels = the R_s neurons, one "length" axis = the batch
-        gain = _flat([b.norm_weights[k] for b in self.buckets])
-        shift = _flat([b.norm_biases[k] for b in self.buckets])
-        out = F.batch_norm(h.view(1, *h.shape), getattr(self, f"running_mean_{k}"), getattr(self, f"running_var_{k}"),
-                           gain, shift, training, BN_MOMENTUM, NORM_EPS)
-        return out.view(h.shape)
-
-
-class Compact(NamedTuple):
-    """Stratum 0's non-wild-type entries (see Stratum.compact_output): entry i is neuron rows[i] in sample
-    flat[i] % B (flat = row * B + b, unique); gene-column element j adds gene_weight[w_idx[j]] (x values[j])
-    into entry e_idx[j]."""
-    rows: torch.Tensor
-    flat: torch.Tensor
-    e_idx: torch.Tensor
-    w_idx: torch.Tensor
-    values: torch.Tensor | None
-    size: int
-
-
-def _compact(row: torch.Tensor, length: torch.Tensor, b: torch.Tensor, w_idx: torch.Tensor,
-             values: torch.Tensor | None, B: int) -> Compact:
-    """From stratum 0's input slots hit by a disrupted gene (first row of the term, L_t, sample) and their
-    elements (in slot order, L_t each): the distinct (term, sample) pairs expanded to their L_t neurons."""
-    pairs, inverse = torch.unique(row * B + b, return_inverse=True)  # sorted: by term row, then sample
-    pair_len = torch.zeros_like(pairs).scatter_(0, inverse, length)
-    pair_first = torch.cumsum(pair_len, 0) - pair_len
-    size = int(pair_len.sum())
-    step = torch.arange(size, device=row.device)
-    rows = step + torch.repeat_interleave(pairs // B - pair_first, pair_len)
-    flat = rows * B + torch.repeat_interleave(pairs % B, pair_len)
-    slot_first = torch.cumsum(length, 0) - length
-    e_idx = torch.arange(len(w_idx), device=row.device) + torch.repeat_interleave(pair_first[inverse] - slot_first,
-                                                                                  length)
-    return Compact(rows, flat, e_idx, w_idx, values, size)
-
-
-class _ExpandScatter(torch.autograd.Function):
-    """Dense [R, B] from a per-row value v0 [R] (every sample) overwritten at the entries (rows, flat) by e."""
-
-    @staticmethod
-    def forward(ctx, v0, e, rows, flat, batch):
-        out = v0.unsqueeze(1).expand(len(v0), batch).contiguous()
-        out.view(-1).index_copy_(0, flat, e.to(out.dtype))
-        ctx.save_for_backward(rows, flat)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        rows, flat = ctx.saved_tensors
-        grad_e = grad.contiguous().view(-1)[flat]
-        grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
-        return grad_v0, grad_e, None, None, None
-
-
-def _flat(params: list[torch.Tensor]) -> torch.Tensor:
-    return params[0].reshape(-1) if len(params) == 1 else torch.cat([p.reshape(-1) for p in params])
 
 
 class StratumDCell(nn.Module):
@@ -388,7 +78,7 @@ class StratumDCell(nn.Module):
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         if self.binary_genes:
             self._register_gene_slots()
-        self._buf_workspace, self._grad_workspace = _Workspace(), _Workspace()
+        self._buf_workspace, self._grad_workspace = Workspace(), Workspace()
         self.reset_parameters()
 
     def _register_gene_slots(self) -> None:
@@ -436,7 +126,7 @@ class StratumDCell(nn.Module):
         out = [None if st.gene_weight is None else tuple(c[s] for c in columns) for s, st in enumerate(self.strata)]
         if compact_first:
             slots0 = int((table[:, 0] == 0).sum())
-            out[0] = _compact(table[:slots0, 2], length[:slots0], b_nz[src[:slots0]], columns[0][0], columns[2][0], B)
+            out[0] = compact_entries(table[:slots0, 2], length[:slots0], b_nz[src[:slots0]], columns[0][0], columns[2][0], B)
         return out
 
     def reset_parameters(self) -> None:
@@ -475,7 +165,7 @@ class StratumDCell(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_states: bool = False) -> DCellOutput:
         check_genotypes(x, self.sizes.num_genes)
-        state = _BackwardState(self.plan.num_rows, x, self._grad_workspace)
+        state = BackwardState(self.plan.num_rows, x, self._grad_workspace)
         # every row but row 0 is written before it is read; nothing reads the buffer after forward returns
         buf = self._buf_workspace.acquire(state, self.plan.num_rows, x.shape[0], x.dtype, x.device)
         try:
@@ -483,7 +173,7 @@ class StratumDCell(nn.Module):
         finally:
             self._buf_workspace.release(state)
 
-    def _forward(self, x: torch.Tensor, buf: torch.Tensor, state: _BackwardState, return_states: bool,
+    def _forward(self, x: torch.Tensor, buf: torch.Tensor, state: BackwardState, return_states: bool,
                  ) -> DCellOutput:
         B = x.shape[0]
         buf[0].zero_()
@@ -507,7 +197,7 @@ class StratumDCell(nn.Module):
                 readers.append(s)
             genes = not sparse
             tensors = (*sources, *(below.head_params() if below is not None else ()))
-            parts = _ReadStratum.apply(buf, stratum.gathers(genes) if stratum is not None else (),
+            parts = ReadStratum.apply(buf, stratum.gathers(genes) if stratum is not None else (),
                                        tuple(g for _, g in stratum.read_parts(genes)) if stratum is not None else (),
                                        genes_need_grad, state, s, spans, below, len(sources), *tensors)
             if below is not None:

@@ -1,0 +1,56 @@
+"""Stratum 0 in compact form: the entries where a term's pre-activation differs from its bias (see
+`Stratum.compact_output`), and the expansion of the compact output to a dense [R, B] tensor."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+
+class Compact(NamedTuple):
+    """Stratum 0's non-wild-type entries (see Stratum.compact_output): entry i is neuron rows[i] in sample
+    flat[i] % B (flat = row * B + b, unique); gene-column element j adds gene_weight[w_idx[j]] (x values[j])
+    into entry e_idx[j]."""
+    rows: torch.Tensor
+    flat: torch.Tensor
+    e_idx: torch.Tensor
+    w_idx: torch.Tensor
+    values: torch.Tensor | None
+    size: int
+
+
+def compact_entries(row: torch.Tensor, length: torch.Tensor, b: torch.Tensor, w_idx: torch.Tensor,
+             values: torch.Tensor | None, B: int) -> Compact:
+    """From stratum 0's input slots hit by a disrupted gene (first row of the term, L_t, sample) and their
+    elements (in slot order, L_t each): the distinct (term, sample) pairs expanded to their L_t neurons."""
+    pairs, inverse = torch.unique(row * B + b, return_inverse=True)  # sorted: by term row, then sample
+    pair_len = torch.zeros_like(pairs).scatter_(0, inverse, length)
+    pair_first = torch.cumsum(pair_len, 0) - pair_len
+    size = int(pair_len.sum())
+    step = torch.arange(size, device=row.device)
+    rows = step + torch.repeat_interleave(pairs // B - pair_first, pair_len)
+    flat = rows * B + torch.repeat_interleave(pairs % B, pair_len)
+    slot_first = torch.cumsum(length, 0) - length
+    e_idx = torch.arange(len(w_idx), device=row.device) + torch.repeat_interleave(pair_first[inverse] - slot_first,
+                                                                                  length)
+    return Compact(rows, flat, e_idx, w_idx, values, size)
+
+
+class ExpandScatter(torch.autograd.Function):
+    """Dense [R, B] from a per-row value v0 [R] (every sample) overwritten at the entries (rows, flat) by e."""
+
+    @staticmethod
+    def forward(ctx, v0, e, rows, flat, batch):
+        out = v0.unsqueeze(1).expand(len(v0), batch).contiguous()
+        out.view(-1).index_copy_(0, flat, e.to(out.dtype))
+        ctx.save_for_backward(rows, flat)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows, flat = ctx.saved_tensors
+        grad_e = grad.contiguous().view(-1)[flat]
+        grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
+        return grad_v0, grad_e, None, None, None

@@ -1,0 +1,162 @@
+"""One stratum of the stratum-parallel model: its buckets, gathers, gene columns and batch-norm statistics, and
+the whole-stratum computations (first layer, extra layers, norms, stratum 0's compact form)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcell_core.nn.buckets import TermBucket
+from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, TermSizes
+from dcell_core.nn.compact import Compact, ExpandScatter
+from dcell_core.nn.plan import BucketPlan
+from dcell_core.nn.stratum_ops import BucketRows, StratumLinear
+
+
+class Stratum(nn.Module):
+    def __init__(self, plans: list[BucketPlan], buckets: list[TermBucket], sizes: TermSizes, layers: int,
+                 norm_type: str):
+        super().__init__()
+        self.parts: list[tuple[int, bool]] = []  # (bucket, is gene part) of every gather, in read order
+        for k, plan in enumerate(plans):
+            for is_gene, gather in ((False, plan.child_gather), (True, plan.gene_gather)):
+                if gather.size:  # [n_k * c_max_k] or [n_k * g_max_k] buffer rows of bucket k's inputs
+                    self.register_buffer(f"gather_{len(self.parts)}", torch.from_numpy(gather), persistent=False)
+                    self.parts.append((k, is_gene))
+        self.buckets = nn.ModuleList(buckets)
+        self.row_start = plans[0].row_offset  # first buffer row of this stratum's outputs
+        self.rows = tuple(BucketRows(b.row_offset - self.row_start, b.n, b.w_max) for b in buckets)
+        self.num_rows = sum(b.n * b.w_max for b in buckets)
+        # unpadded gene columns: term -> offset of its [G_t, L_t] block (one contiguous column of the first layer
+        # per gene input); padded position of every entry
+        E = sizes.token_dim
+        self.gene_offset: dict[int, int] = {}
+        pad_index, pad_base, offset = [], 0, 0
+        for plan, bucket in zip(plans, buckets):
+            for i, t in enumerate(plan.terms):
+                L, G = sizes.widths[t], len(sizes.direct_genes[t]) * E
+                if G:
+                    self.gene_offset[t] = offset
+                    j, r = np.meshgrid(np.arange(G), np.arange(L), indexing="ij")
+                    pad_index.append((pad_base + (i * bucket.w_max + r) * bucket.g_max + j).reshape(-1))
+                    offset += L * G
+            pad_base += bucket.n * bucket.w_max * bucket.g_max
+        self.gene_pad_sizes = [b.n * b.w_max * b.g_max for b in buckets]
+        self.gene_weight = nn.Parameter(torch.zeros(offset)) if offset else None
+        if offset:
+            self.register_buffer("gene_pad_index", torch.from_numpy(np.concatenate(pad_index)), persistent=False)
+        valid_rows = torch.cat([b.row_mask.reshape(-1) for b in buckets])
+        for k in range(layers if norm_type == "batch" else 0):
+            self.register_buffer(f"running_mean_{k}", torch.zeros(self.num_rows))
+            self.register_buffer(f"running_var_{k}", valid_rows.clone())
+
+    def read_parts(self, genes: bool) -> list[tuple[int, bool]]:
+        """The (bucket, is gene part) pairs to read: all, or only the children parts."""
+        return [p for p in self.parts if genes or not p[1]]
+
+    def gathers(self, genes: bool) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f"gather_{i}") for i, p in enumerate(self.parts) if genes or not p[1])
+
+    def bucket_inputs(self, parts: tuple[torch.Tensor, ...], B: int, genes: bool) -> list[list[torch.Tensor | None]]:
+        """[children input [n, c_max, B] or None, gene input [n, g_max, B] or None] per bucket."""
+        out: list[list[torch.Tensor | None]] = [[None, None] for _ in self.buckets]
+        for (k, is_gene), part in zip(self.read_parts(genes), parts):
+            bucket = self.buckets[k]
+            out[k][is_gene] = part.view(bucket.n, bucket.g_max if is_gene else bucket.c_max, B)
+        return out
+
+    def views(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """The [n, w_max, B] block of every bucket in a stratum tensor [R_s, B]."""
+        B = h.shape[1]
+        return [v.view(b.n, b.w_max, B) for v, b in zip(h.split([b.n * b.w_max for b in self.buckets]), self.buckets)]
+
+    def padded_gene_weights(self) -> list[torch.Tensor | None]:
+        """The gene columns as padded [n, w_max, g_max] blocks (dense path), differentiable."""
+        padded = self.gene_weight.new_zeros(sum(self.gene_pad_sizes)).index_copy(0, self.gene_pad_index,
+                                                                                 self.gene_weight)
+        return [p.view(b.n, b.w_max, b.g_max) if b.g_max else None
+                for p, b in zip(padded.split(self.gene_pad_sizes), self.buckets)]
+
+    def first_layer(self, inputs: list[list[torch.Tensor | None]], B: int,
+                    sparse: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """W I + b of every term of the stratum -> [R_s, B]."""
+        dense = (self.padded_gene_weights() if sparse is None and self.gene_weight is not None
+                 else [None] * len(self.buckets))
+        tensors: list[torch.Tensor | None] = []
+        for bucket, (inp_c, inp_g), gene_w in zip(self.buckets, inputs, dense):
+            tensors += [bucket.biases[0], bucket.child_weight, inp_c, gene_w, inp_g if gene_w is not None else None]
+        tensors.append(self.gene_weight if sparse is not None else None)
+        return StratumLinear.apply(self.rows, B, sparse, *tensors)
+
+    def next_layer(self, o: torch.Tensor, k: int) -> torch.Tensor:
+        """Extra subsystem layer k >= 1 of every term: W_k O + b_k -> [R_s, B]."""
+        tensors: list[torch.Tensor | None] = []
+        for bucket, view in zip(self.buckets, self.views(o)):
+            tensors += [bucket.biases[k], bucket.layer_weights[k - 1], view, None, None]
+        tensors.append(None)
+        return StratumLinear.apply(self.rows, o.shape[1], None, *tensors)
+
+    def head_params(self) -> tuple[torch.Tensor, ...]:
+        return tuple(p for b in self.buckets for p in (b.head_weight, b.head_bias))
+
+    def compact_output(self, c: Compact, B: int, act, norm_order: str, norm_type: str, training: bool,
+                       ) -> torch.Tensor:
+        """The output [R_s, B] of a stratum without children (one layer, batch norm or none) from its compact
+        form. Without children, a term's pre-activation in sample b is its bias unless one of its genes is
+        disrupted in b; so every neuron has one wild-type value v0 [R_s] shared by most samples and a few other
+        values e at the entries `c.rows`, `c.flat`. Activation and norm (batch statistics as sums weighted by
+        how many samples hold v0) run on that form, and only the output is made dense."""
+        bias = flat_cat([b.biases[0] for b in self.buckets])  # [R_s]
+        add = self.gene_weight[c.w_idx]
+        if c.values is not None:
+            add = add * c.values.to(add.dtype)
+        e = bias[c.rows] + add.new_zeros(c.size).index_add(0, c.e_idx, add)
+        v0 = bias
+        if norm_order == "act_norm":
+            v0, e = self._compact_norm(act(v0), act(e), c, B, norm_type, training)
+        else:
+            v0, e = self._compact_norm(v0, e, c, B, norm_type, training)
+            v0, e = act(v0), act(e)
+        return ExpandScatter.apply(v0, e, c.rows, c.flat, B)
+
+    def _compact_norm(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, norm_type: str, training: bool,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        if norm_type == "none":
+            return v0, e
+        rm, rv = self.running_mean_0, self.running_var_0
+        if training:
+            if B <= 1:  # as F.batch_norm
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                                 f"{torch.Size([1, self.num_rows, B])}")
+            held = B - v0.new_zeros(self.num_rows).index_add_(0, c.rows, v0.new_ones(c.size))  # samples at v0
+            mean = (held * v0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, e)) / B
+            d0, de = v0 - mean, e - mean[c.rows]
+            var = (held * d0 * d0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, de * de)) / B
+            with torch.no_grad():
+                rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
+                rv.mul_(1 - BN_MOMENTUM).add_(var.detach(), alpha=BN_MOMENTUM * B / (B - 1))
+        else:
+            mean, var = rm, rv
+            d0, de = v0 - mean, e - mean[c.rows]
+        inv = torch.rsqrt(var + NORM_EPS)
+        gain = flat_cat([b.norm_weights[0] for b in self.buckets])
+        shift = flat_cat([b.norm_biases[0] for b in self.buckets])
+        scale = inv * gain
+        return d0 * scale + shift, de * scale[c.rows] + shift[c.rows]
+
+    def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
+        if norm_type == "none":
+            return h
+        if norm_type == "layer":
+            return torch.cat([b.layer_norm(v, k).view(-1, h.shape[1]) for b, v in zip(self.buckets, self.views(h))])
+        # batch norm per neuron over the batch: channels = the R_s neurons, one "length" axis = the batch
+        gain = flat_cat([b.norm_weights[k] for b in self.buckets])
+        shift = flat_cat([b.norm_biases[k] for b in self.buckets])
+        out = F.batch_norm(h.view(1, *h.shape), getattr(self, f"running_mean_{k}"), getattr(self, f"running_var_{k}"),
+                           gain, shift, training, BN_MOMENTUM, NORM_EPS)
+        return out.view(h.shape)
+
+
+def flat_cat(params: list[torch.Tensor]) -> torch.Tensor:
+    return params[0].reshape(-1) if len(params) == 1 else torch.cat([p.reshape(-1) for p in params])
