@@ -85,51 +85,28 @@ def step(model, x, y, loss_cfg, genotype_grad=True):
     return out, parts, x.grad
 
 
-def assert_same_parameter_gradients(hierarchy: Hierarchy, model_kw: dict, batch: int = 6,
-                                    x: torch.Tensor | None = None) -> None:
-    """Genotypes without requires_grad (as in training): the gene input parts take the path that computes no
-    input gradient (and, for binary genes, the sparse path); outputs, every parameter gradient, the batch-norm
-    statistics and the eval-mode outputs must still equal the oracle's."""
-    cfg, loss_cfg = ModelConfig(**model_kw), LossConfig()
-    torch.manual_seed(0)
-    oracle = build_dcell(hierarchy, cfg, fast=False).double()
-    fast = from_oracle(oracle)
-    x_dense, y = genotypes(hierarchy.num_genes, batch, seed=1)
-    x = x_dense if x is None else x
-    out_o, _, _ = step(oracle, x, y, loss_cfg, genotype_grad=False)
-    out_f, _, _ = step(fast, x, y, loss_cfg, genotype_grad=False)
-    close(out_o.prediction, out_f.prediction, "root prediction")
-    close(out_o.aux, out_f.aux, "auxiliary predictions")
-    close(out_o.states, out_f.states, "term states")
-    grads_f = oracle_gradients(fast)
-    for name, p in oracle.named_parameters():
-        assert grads_f[name] is not None, f"{name}: no gradient in the fast model"
-        close(p.grad, grads_f[name], f"gradient of {name}")
-    sd_f = oracle_state_dict(fast)
-    for name, value in oracle.state_dict().items():
-        close(value.double(), sd_f[name].double(), f"state {name}")
-    oracle.eval(), fast.eval()
-    with torch.no_grad():
-        ev_o, ev_f = oracle(x, return_states=True), fast(x, return_states=True)
-    close(ev_o.aux, ev_f.aux, "eval auxiliary predictions")
-    close(ev_o.states, ev_f.states, "eval term states")
-
-
-def assert_equivalent(hierarchy: Hierarchy, model_kw: dict, loss_kw: dict, batch: int = 6) -> None:
-    cfg, loss_cfg = ModelConfig(**model_kw), LossConfig(**loss_kw)
+def assert_equivalent(hierarchy: Hierarchy, model_kw: dict, loss_kw: dict | None = None, batch: int = 6,
+                      x: torch.Tensor | None = None, genotype_grad: bool = True) -> None:
+    """Same weights, same batch: outputs, loss components, every parameter gradient, the batch-norm statistics
+    and the eval-mode outputs equal the oracle's, and so does the gradient wrt the genotypes when they require
+    one. Without (`genotype_grad=False`, as in training) the gene input parts take the path that computes no
+    input gradient and, for binary genes, the sparse path."""
+    cfg, loss_cfg = ModelConfig(**model_kw), LossConfig(**(loss_kw or {}))
     torch.manual_seed(0)
     oracle = build_dcell(hierarchy, cfg, fast=False).double()
     fast = from_oracle(oracle)
     assert not fast.padding_violations()
-    x, y = genotypes(hierarchy.num_genes, batch, seed=1)
-    out_o, parts_o, gx_o = step(oracle, x, y, loss_cfg)
-    out_f, parts_f, gx_f = step(fast, x, y, loss_cfg)
+    x_random, y = genotypes(hierarchy.num_genes, batch, seed=1)
+    x = x_random if x is None else x
+    out_o, parts_o, gx_o = step(oracle, x, y, loss_cfg, genotype_grad)
+    out_f, parts_f, gx_f = step(fast, x, y, loss_cfg, genotype_grad)
     close(out_o.prediction, out_f.prediction, "root prediction")
     close(out_o.aux, out_f.aux, "auxiliary predictions")
     close(out_o.states, out_f.states, "term states")
     for key in parts_o:
         close(parts_o[key], parts_f[key], f"loss component {key}")
-    close(gx_o, gx_f, "gradient wrt genotypes")
+    if genotype_grad:
+        close(gx_o, gx_f, "gradient wrt genotypes")
     grads_f = oracle_gradients(fast)
     for name, p in oracle.named_parameters():
         assert grads_f[name] is not None, f"{name}: no gradient in the fast model"
@@ -141,9 +118,10 @@ def assert_equivalent(hierarchy: Hierarchy, model_kw: dict, loss_kw: dict, batch
     # eval mode (running statistics for batch norm)
     oracle.eval(), fast.eval()
     with torch.no_grad():
-        ev_o, ev_f = oracle(x), fast(x)
+        ev_o, ev_f = oracle(x, return_states=True), fast(x, return_states=True)
     close(ev_o.prediction, ev_f.prediction, "eval root prediction")
     close(ev_o.aux, ev_f.aux, "eval auxiliary predictions")
+    close(ev_o.states, ev_f.states, "eval term states")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -155,7 +133,7 @@ def test_fast_equals_oracle_hand_hierarchy(case):
 @pytest.mark.parametrize("case", ["paper", "direct", "layers2_batch", "layer", "tight_buckets", "embedding8",
                                   "attention2_binary", "dense_gene_inputs"])
 def test_fast_equals_oracle_without_genotype_gradient(case):
-    assert_same_parameter_gradients(hand_hierarchy(), CASES[case][0])
+    assert_equivalent(hand_hierarchy(), CASES[case][0], genotype_grad=False)
 
 
 @pytest.mark.parametrize("case", ["paper", "tight_buckets"])
@@ -166,7 +144,7 @@ def test_sparse_gene_path_with_one_disrupted_gene_per_sample(case):
     x = torch.zeros(5, h.num_genes, dtype=torch.float64)
     g1, g4 = h.gene_index["g1"], h.gene_index["g4"]
     x[torch.arange(5), torch.tensor([g1, g1, g4, g1, h.gene_index["k3"]])] = 1.0
-    assert_same_parameter_gradients(h, dict(CASES[case][0], norm_type="layer"), batch=5, x=x)
+    assert_equivalent(h, dict(CASES[case][0], norm_type="layer"), batch=5, x=x, genotype_grad=False)
 
 
 class ShapeCounter(TorchDispatchMode):
@@ -203,7 +181,7 @@ def test_compact_first_stratum_equals_oracle(case, values):
         x = x * torch.linspace(0.25, 2.0, h.num_genes, dtype=torch.float64)
     d = [h.gene_index[g] for g in ("g1", "g2", "g3")]
     assert bool(((x[:, d] != 0).sum(1) >= 2).any())
-    assert_same_parameter_gradients(h, model_kw, batch=7, x=x)
+    assert_equivalent(h, model_kw, batch=7, x=x, genotype_grad=False)
     fast = build_dcell(h, ModelConfig(**model_kw)).double()
     act = {"relu": torch.ops.aten.relu.default, "selu": torch.ops.aten.elu.default,
            "gelu": torch.ops.aten.gelu.default, "leaky_relu": torch.ops.aten.leaky_relu.default}.get(
