@@ -208,8 +208,8 @@ def test_sparse_gene_path_reads_no_gene_inputs():
 
 
 def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
-    """Only children input parts scatter their gradient into the buffer (one index_add_ each); gene parts add none unless
-    the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
+    """Only children input parts scatter their gradient into the buffer (one index_add_ each); gene parts add none
+    unless the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
     h = hand_hierarchy()
     torch.manual_seed(0)
     for model_kw, genotype_grad in ((dict(), False), (dict(), True), (dict(learnable_embedding_dim=2), False)):

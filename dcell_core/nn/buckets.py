@@ -64,12 +64,6 @@ class TermBucket(nn.Module):
         out["head_bias"] = torch.ones(self.n, 1, 1, dtype=torch.bool, device=rows.device)
         return out
 
-    def gene_mask(self) -> torch.Tensor:
-        """[n, w_max, g_max] true entries of the padded gene columns."""
-        rows = torch.arange(self.w_max, device=self.widths.device).view(1, -1) < self.widths.view(-1, 1)
-        cols = torch.arange(self.g_max, device=rows.device).view(1, -1) < self.gene_fans.view(-1, 1)
-        return rows.unsqueeze(2) & cols.unsqueeze(1)
-
     def reset_parameters(self, init_range: float) -> None:
         with torch.no_grad():
             masks = self.valid_masks()

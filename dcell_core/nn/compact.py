@@ -21,7 +21,7 @@ class Compact(NamedTuple):
 
 
 def compact_entries(row: torch.Tensor, length: torch.Tensor, b: torch.Tensor, w_idx: torch.Tensor,
-             values: torch.Tensor | None, B: int) -> Compact:
+                    values: torch.Tensor | None, B: int) -> Compact:
     """From stratum 0's input slots hit by a disrupted gene (first row of the term, L_t, sample) and their
     elements (in slot order, L_t each): the distinct (term, sample) pairs expanded to their L_t neurons."""
     pairs, inverse = torch.unique(row * B + b, return_inverse=True)  # sorted: by term row, then sample

@@ -57,7 +57,7 @@ def partition(shapes: list[tuple[int, int, int]], extra_layers: int, overhead: i
     `overhead` per bucket.
 
     Cost of a bucket of n items: n x w_max x (c_max + gene_cost x g_max + extra_layers x w_max) + overhead
-    (gene_cost < 1 where gene columns are applied sparsely: their padding costs memory, not multiply-adds). Exact dynamic
+    (gene_cost < 1 where gene columns are applied sparsely and their padding costs no multiply-adds). Exact dynamic
     programming over contiguous runs of the distinct shapes sorted by each of a few keys; the cheapest partition
     wins. Returns lists of item positions; deterministic for a given multiset of shapes.
     """

@@ -52,9 +52,10 @@ class Workspace:
 class BackwardState:
     """Shared by the stratum reads of one forward pass: the gradient buffer [rows, B], built on first use."""
 
-    def __init__(self, num_rows: int, buf: torch.Tensor, workspace: Workspace):
-        # the gradient buffer takes the activation buffer's dtype (under autocast gradients may arrive in another)
-        self.num_rows, self.dtype, self.device, self.workspace = num_rows, buf.dtype, buf.device, workspace
+    def __init__(self, num_rows: int, like: torch.Tensor, workspace: Workspace):
+        # the gradient buffer takes the dtype and device of the activation buffer, i.e. of the genotypes `like`
+        # (under autocast gradients may arrive in another dtype)
+        self.num_rows, self.dtype, self.device, self.workspace = num_rows, like.dtype, like.device, workspace
         self.grad_buf: torch.Tensor | None = None
         self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
 

@@ -37,8 +37,10 @@ from dcell_core.nn.reads import BackwardState, ReadStratum, Workspace
 from dcell_core.nn.stratum import Stratum
 
 
-# Bucket planning weight of a padded gene column on the sparse gene path relative to a dense column (it costs
-# parameter memory and optimizer work, not multiply-adds); measured on yeast_go, see docs/performance.md.
+# Bucket planning weight of a padded gene column on the sparse gene path relative to a dense column. There such
+# padding costs nothing (gene columns are stored unpadded and applied from the nonzero entries), but at 0 the
+# planner, which has no per-row cost, merges the childless stratum-0 terms into a few very wide buckets; 0.25
+# measured best on yeast_go, see docs/performance.md.
 SPARSE_GENE_COST = 0.25
 
 
@@ -126,7 +128,8 @@ class StratumDCell(nn.Module):
         out = [None if st.gene_weight is None else tuple(c[s] for c in columns) for s, st in enumerate(self.strata)]
         if compact_first:
             slots0 = int((table[:, 0] == 0).sum())
-            out[0] = compact_entries(table[:slots0, 2], length[:slots0], b_nz[src[:slots0]], columns[0][0], columns[2][0], B)
+            out[0] = compact_entries(table[:slots0, 2], length[:slots0], b_nz[src[:slots0]], columns[0][0],
+                                     columns[2][0], B)
         return out
 
     def reset_parameters(self) -> None:
