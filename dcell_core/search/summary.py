@@ -88,7 +88,7 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dcell_core.fileio import atomic_write_bytes
+    from dcell_core.train.plots import save_png
 
     scored = table[table[f"best {metric}"].notna()]
     if scored.empty or not params:
@@ -110,13 +110,7 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, pa
         ax.annotate(low, (j, -0.08), ha="center", fontsize=7)
     ax.set_yticks([])
     ax.set_title(f"parameters vs best {metric} ({len(scored)} trials)")
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def write_parent_artifacts(client, parent_run_id: str, table: pd.DataFrame, params: list[str], metric: str,

@@ -1,6 +1,7 @@
 """PNG plots of a run, like the experiments': predictions vs targets, loss components and correlation by epoch."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,12 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dcell_core.ontology.cache import atomic_write_bytes  # noqa: E402
+from dcell_core.fileio import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
-    import io
-
+def save_png(fig, path: Path) -> Path:
+    """Render `fig` as a PNG (100 dpi, tight box), close it, and write the file atomically; returns path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -30,7 +30,7 @@ def predictions_plot(pred: np.ndarray, target: np.ndarray, title: str, path: Pat
     ax.set_xlabel("target")
     ax.set_ylabel("prediction")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def history_plots(history: list[dict], out_dir: Path) -> list[Path]:
@@ -44,7 +44,7 @@ def history_plots(history: list[dict], out_dir: Path) -> list[Path]:
     ax.set_xlabel("epoch")
     ax.set_title("loss components")
     ax.legend()
-    paths = [_save(fig, out_dir / "loss_components.png")]
+    paths = [save_png(fig, out_dir / "loss_components.png")]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("train/pearson", "val/pearson", "val/spearman"):
         if key in history[0]:
@@ -52,5 +52,5 @@ def history_plots(history: list[dict], out_dir: Path) -> list[Path]:
     ax.set_xlabel("epoch")
     ax.set_title("correlation of the root prediction")
     ax.legend()
-    paths.append(_save(fig, out_dir / "correlation.png"))
+    paths.append(save_png(fig, out_dir / "correlation.png"))
     return paths
