@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
-PYTHON = sys.executable
+from helpers import DATA, env_for, free_port, wait_for_server
 
 
 @pytest.fixture
@@ -29,10 +28,7 @@ def hand_cfg():
 @pytest.fixture
 def subprocess_env(tmp_path):
     """Environment for CLI subprocesses: private cache dir, repo on the path."""
-    env = dict(os.environ)
-    env["DCELL_CACHE_DIR"] = str(tmp_path / "cache")
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    return env_for(tmp_path / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +38,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """The URI of a plain `mlflow server` on 127.0.0.1 (sqlite store and artifacts under tmp_path/server)."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+                            cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    wait_for_server(uri, proc, timeout_s=90)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)

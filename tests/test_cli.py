@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_python
+
 EXPECTED = json.loads((REPO / "tests" / "expectations" / "snapshot.json").read_text())
 
 
-def run(args, env, **kw):
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **kw)
+def run(args, env):
+    return run_python(*args, env=env)
 
 
 def test_ontology_cli_json(subprocess_env):

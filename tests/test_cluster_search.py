@@ -16,31 +16,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
+import helpers
+from helpers import REPO, env_for, free_port, runs_of, steps, wait_for_server
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-SMALL_DATA = ["data=yeast_dna_repair", "train.num_threads=1", "data.genotypes.num_doubles=1500",
-              "data.genotypes.num_triples=300", "train.batch_size=128"]
 STORE_MB = 80 * 1024 * 1024  # object store per node: trials pass nothing big through it
 NODE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
 WORKER = {"num_cpus": 1, "num_gpus": 1, "object_store_memory": STORE_MB, "env_vars": NODE_ENV}
 ADMIN_PASSWORD = "cluster-test-" + os.urandom(8).hex()  # the basic-auth app wants 12 characters or more
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:
@@ -58,14 +50,7 @@ class MlflowServer:
             ["bash", str(REPO / "clusters" / "mlflow_server.sh"), f"sqlite:///{self.root / 'mlflow.db'}",
              str(self.root / "artifacts"), f"sqlite:///{self.root / 'auth.db'}", str(self.port)],
             cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        from dcell_core.search.tracking import probe
-
-        deadline = time.time() + timeout_s
-        while probe(self.uri) is not None:
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.kill()
-                pytest.fail(f"mlflow server on port {self.port} did not answer within {timeout_s} s")
-            time.sleep(0.5)
+        wait_for_server(self.uri, self.proc, timeout_s)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -123,27 +108,13 @@ def cache_dir(tmp_path_factory):
 
 
 def search_file(tmp_path: Path, name: str, epochs: int, lrs: list[float], plots: bool = True) -> Path:
-    spec = {
-        "name": name, "description": "cluster test search",
-        "overrides": [*SMALL_DATA, f"train.epochs={epochs}", f"train.plots={str(plots).lower()}"],
-        "metric": "val/pearson", "mode": "max",
-        "search": {"algorithm": "grid", "seed": 0, "num_samples": 1, "max_concurrent": 2},
-        "scheduler": {"type": "none"},
-        "resources": {"cpu": 1, "gpu": 0.5},
-        "parameters": {"train.lr": {"grid": lrs}},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return helpers.search_file(tmp_path, name, epochs, {"train.lr": {"grid": lrs}}, description="cluster test search",
+                               overrides=[f"train.plots={str(plots).lower()}"], max_concurrent=2, gpu=0.5)
 
 
 def search_cmd(tmp_path: Path, f: Path, cluster, *args: str) -> list[str]:
     return [sys.executable, "-m", "platform.search", str(f), "--address", cluster.address,
             "--project-dir", str(tmp_path / "project"), *args]
-
-
-def env_for(cache_dir: Path) -> dict:
-    return {**os.environ, "DCELL_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO)}
 
 
 def run_search(cmd: list[str], cache_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -153,20 +124,6 @@ def run_search(cmd: list[str], cache_dir: Path, timeout: int = 300) -> subproces
 def start_search(cmd: list[str], cache_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env_for(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def runs_of(uri: str, experiment: str) -> tuple[list, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return [], []
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return ([r for r in runs if r.data.tags.get("dcell.kind") == "search"],
-            [r for r in runs if r.data.tags.get("dcell.kind") == "trial"])
-
-
-def steps(uri: str, run_id: str, key: str = "epoch") -> list[int]:
-    return [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
 
 
 def wait_for(proc: subprocess.Popen, condition, what: str, timeout_s: float = 240):

@@ -22,7 +22,8 @@ import ray
 import ray.autoscaler
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 CLUSTERS = REPO / "clusters"
 LAUNCHERS = {"aws": ("s3://", "g5.2xlarge"), "gcp": ("gs://", "n1-standard-8")}
 SCRIPTS = [CLUSTERS / "mlflow_server.sh", CLUSTERS / "head_services.sh", CLUSTERS / "slurm" / "search.sbatch"]

@@ -14,7 +14,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,32 +21,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
 from dcell_core.fileio import file_sha256
+from helpers import SMALL_DATA, env_for, run_python, search_file
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-SMALL_DATA = ["data=yeast_dna_repair", "train.num_threads=1", "data.genotypes.num_doubles=1500",
-              "data.genotypes.num_triples=300", "train.batch_size=128"]
-
-
-def search_file(directory: Path, name: str, epochs: int, lrs: list[float], max_concurrent: int) -> Path:
-    spec = {"name": name, "description": f"promotion test search {name}",
-            "overrides": [*SMALL_DATA, f"train.epochs={epochs}"], "metric": "val/pearson", "mode": "max",
-            "search": {"algorithm": "grid", "seed": 0, "num_samples": 1, "max_concurrent": max_concurrent},
-            "scheduler": {"type": "none"}, "resources": {"cpu": 1, "gpu": 0},
-            "parameters": {"train.lr": {"grid": lrs}}}
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
 
 
 def cli(project, module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=project.env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_python("-m", module, *args, env=project.env, timeout=timeout)
 
 
 def search_parent(client: MlflowClient, experiment: str):
@@ -70,12 +53,12 @@ def expected_winner(client: MlflowClient, parent):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     base = tmp_path_factory.mktemp("promotion")
-    env = {**os.environ, "DCELL_CACHE_DIR": str(base / "cache"), "PYTHONPATH": str(REPO),
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = env_for(base / "cache", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     proj = SimpleNamespace(base=base, dir=base / "project", env=env, uri=f"sqlite:///{base / 'project' / 'mlflow.db'}")
     for name, epochs, lrs, slots in (("promo", 2, [0.01, 0.003], 2), ("weak", 1, [1.0e-6], 1)):
-        r = cli(proj, "platform.search", str(search_file(base, name, epochs, lrs, slots)), "--project-dir",
-                str(proj.dir), timeout=600)
+        f = search_file(base, name, epochs, {"train.lr": {"grid": lrs}}, description=f"promotion test search {name}",
+                        max_concurrent=slots)
+        r = cli(proj, "platform.search", str(f), "--project-dir", str(proj.dir), timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     client = MlflowClient(tracking_uri=proj.uri)
     proj.client = client
@@ -293,8 +276,7 @@ def test_interrupted_promotion_leaves_the_previous_checkpoint(project):
     before = load_checkpoint(dest).predict(genotypes)
     args = ["promo", "--model-name", "crash", "--dest", str(dest), "--project-dir", str(project.dir)]
     for point in ("staging", "switch"):
-        r = subprocess.run([sys.executable, "-c", KILL_AT, point, str(dest), *args], cwd=REPO, env=project.env,
-                           capture_output=True, text=True, timeout=300)
+        r = run_python("-c", KILL_AT, point, str(dest), *args, env=project.env)
         assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stdout[-2000:], r.stderr[-2000:])
         assert os.readlink(dest) == "production.crash-v1", point
         ckpt = load_checkpoint(dest)

@@ -7,62 +7,31 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+import helpers
+from helpers import REPO, env_for, free_port, runs_of, steps
 
-SMALL_DATA = ["data=yeast_dna_repair", "train.num_threads=1", "data.genotypes.num_doubles=1500",
-              "data.genotypes.num_triples=300", "train.batch_size=128"]
+pytestmark = pytest.mark.slow
+ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
 
 
 def search_file(tmp_path: Path, name: str, epochs: int, parameters: dict, algorithm: str = "grid",
                 num_samples: int = 1, max_concurrent: int = 1, asha: bool = True) -> Path:
-    spec = {
-        "name": name, "description": "integration test search",
-        "overrides": [*SMALL_DATA, f"train.epochs={epochs}"],
-        "metric": "val/pearson", "mode": "max",
-        "search": {"algorithm": algorithm, "seed": 0, "num_samples": num_samples, "max_concurrent": max_concurrent},
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2} if asha else {"type": "none"},
-        "resources": {"cpu": 1, "gpu": 0},
-        "parameters": parameters,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def env_for(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env["DCELL_CACHE_DIR"] = str(tmp_path / "cache")
-    env["PYTHONPATH"] = str(REPO)
-    return env
+    return helpers.search_file(tmp_path, name, epochs, parameters, description="integration test search",
+                               algorithm=algorithm, num_samples=num_samples, max_concurrent=max_concurrent,
+                               scheduler=ASHA if asha else None)
 
 
 def run_search(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "platform.search", *args, "--project-dir", str(tmp_path / "project")]
-    return subprocess.run(cmd, cwd=REPO, env=env_for(tmp_path), capture_output=True, text=True, timeout=timeout)
-
-
-def runs_of(uri: str, experiment: str) -> tuple[list, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("dcell.kind") == "search"]
-    children = [r for r in runs if r.data.tags.get("dcell.kind") == "trial"]
-    return parents, children
-
-
-def steps(uri: str, run_id: str, key: str = "epoch") -> list[int]:
-    return [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
+    return helpers.run_python("-m", "platform.search", *args, "--project-dir", str(tmp_path / "project"),
+                              env=env_for(tmp_path / "cache"), timeout=timeout)
 
 
 def sqlite_uri(tmp_path: Path) -> str:
@@ -103,39 +72,6 @@ def test_statuses_asha_stop_failures_and_artifacts(tmp_path):
     assert "1 stopped early" in r.stdout and "2 failed" in r.stdout and "MLflow UI:" in r.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-                            cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-            break
-        except Exception:
-            time.sleep(1)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mlflow server did not answer within 90 s")
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-
-
 def test_two_trials_on_mlflow_server_with_nan_trial(tmp_path, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     f = search_file(tmp_path, "served", 2, {"loss.alpha": {"grid": [0.3, 1.0e38]}}, max_concurrent=2)
@@ -165,8 +101,8 @@ def test_resume_after_driver_killed(tmp_path, sig):
     """Kill the driver while the first of two 6-epoch trials runs; --resume finishes both, nothing duplicated."""
     f = search_file(tmp_path, f"resume{sig.name.lower()}", 6, {"train.lr": {"grid": [0.01, 0.005]}}, asha=False)
     cmd = [sys.executable, "-m", "platform.search", str(f), "--project-dir", str(tmp_path / "project")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env_for(tmp_path / "cache"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     uri = sqlite_uri(tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -19,8 +19,8 @@ from dcell_core.search import (
     to_tune_param_space,
     trial_overrides,
 )
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "search_spaces"
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
 

@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,8 +29,8 @@ from dcell_core.serving.checkpoint import CheckpointError, FingerprintMismatch, 
 from dcell_core.serving.inference import (UnknownGenesError, encode_genotypes, predict, subsystem_changes,
                                           top_subsystems)
 from dcell_core.serving.install import InstallError, install
+from helpers import REPO, run_python
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL = ["model.min_width=3", "model.width_ratio=1.0"]
 
 
@@ -357,9 +356,7 @@ def test_alias_moves_only_to_a_better_comparable_run():
 
 # ---- command lines and the package ------------------------------------------------------------------------
 def run_cli(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return run_python("-m", module, *args, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=cwd, timeout=120)
 
 
 def test_cli_misuse_exits_2(tmp_path, trained):
@@ -378,5 +375,5 @@ def test_cli_misuse_exits_2(tmp_path, trained):
 def test_import_dcell_core_stays_cheap():
     code = ("import sys, dcell_core; assert 'torch' not in sys.modules and 'mlflow' not in sys.modules; "
             "f = dcell_core.load_checkpoint; assert f.__module__ == 'dcell_core.serving.checkpoint'")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = run_python("-c", code, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,8 @@ import torch
 from dcell_core.config import compose
 from dcell_core.train.checkpoint import load_checkpoint_files
 from dcell_core.train.loop import NonFiniteLossError, train
+from helpers import run_python
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data=yeast_dna_repair", "data.genotypes.num_doubles=3000", "data.genotypes.num_triples=1000",
          "train.plots=false", "train.batch_size=128"]
 
@@ -114,12 +112,11 @@ def test_beats_additive_baseline(cache_env):
 
 def test_train_cli(tmp_path):
     env = {"DCELL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "dcell_core.train", *SMALL[:3], "train.epochs=2", "--output-dir", str(tmp_path / "r")]
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    args = ["-m", "dcell_core.train", *SMALL[:3], "train.epochs=2", "--output-dir", str(tmp_path / "r")]
+    r = run_python(*args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("epoch ") == 2 and (tmp_path / "r" / "plots" / "val_predictions.png").read_bytes()[:4] \
         == b"\x89PNG"
     assert (tmp_path / "r" / "checkpoints" / "epoch_0002" / "model.safetensors").exists()
-    r = subprocess.run(cmd[:-2] + ["train.device=cuda" if not torch.cuda.is_available() else "train.epochs=0"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    r = run_python(*args[:-2], "train.device=cuda" if not torch.cuda.is_available() else "train.epochs=0", env=env)
     assert r.returncode == 2 and "error:" in r.stderr
