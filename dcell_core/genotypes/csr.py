@@ -29,21 +29,6 @@ def row_of_entries(offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
 
-def gather_entries(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entries of the selected rows without a Python loop.
-
-    Returns (batch_row [nnz_b], entry [nnz_b]): entry = position in gene_indices, batch_row = position of its
-    row within `rows`.
-    """
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    batch_row = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    # entry = start of its row + rank inside the row; rank = global position - first position of the row
-    first = np.cumsum(lengths) - lengths
-    entry = np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-    return batch_row, entry
-
-
 def validate_csr(gene_indices: np.ndarray, offsets: np.ndarray, num_genes: int) -> None:
     """Raise GenotypeDataError naming the first row that breaks a CSR genotype invariant."""
     if gene_indices.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:

@@ -14,7 +14,7 @@ from dcell_core.ontology.cache import atomic_write_bytes, hierarchy_cache_path
 from dcell_core.ontology.config import SYNTHETIC_ROOT, OntologyConfig
 from dcell_core.ontology.filters import (FilterState, apply_filters, containment_filter, date_filter,
                                          evidence_filter, redundancy_filter, transitive_reduction)
-from dcell_core.ontology.hierarchy import Hierarchy
+from dcell_core.ontology.hierarchy import Hierarchy, reachable_from
 from dcell_core.ontology.obo import GoGraph, load_go
 
 BUILDER_VERSION = 1  # bump when the build logic changes what a fingerprint produces
@@ -125,7 +125,7 @@ def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig) 
         root = go.resolve(cfg.root)
         if root is None:
             raise ValueError(f"root {cfg.root} is not a live term of {go.path} (data-version {go.data_version})")
-        scope = _descendants(root, children)
+        scope = reachable_from(root, children)
     else:
         root = SYNTHETIC_ROOT
         scope = {t for t, ns in go.namespaces.items() if ns in set(cfg.namespaces)}
@@ -156,13 +156,3 @@ def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig) 
         records[term].add((rec.gene, rec.evidence, rec.date))
     counts["unknown_go_ids"] = sorted(unknown_ids)[:20]
     return FilterState(state_children, state_parents, records, root, annotations.has_dates), counts
-
-
-def _descendants(root: str, children: dict[str, set[str]]) -> set[str]:
-    seen, stack = {root}, [root]
-    while stack:
-        for c in children[stack.pop()]:
-            if c not in seen:
-                seen.add(c)
-                stack.append(c)
-    return seen

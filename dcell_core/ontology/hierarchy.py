@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Hashable, Iterable, Mapping, Sequence, TypeVar
+
+Node = TypeVar("Node", bound=Hashable)
 
 
 class HierarchyError(ValueError):
@@ -73,7 +75,7 @@ class Hierarchy:
             shown = ", ".join(self.terms[t] for t in roots[:5])
             raise HierarchyError(f"hierarchy needs exactly one root, found {len(roots)}: {shown}")
         strata = _strata(self.terms, self.children)
-        reached = _reachable_from(roots[0], self.children)
+        reached = reachable_from(roots[0], self.children)
         if len(reached) != n_terms:
             lost = next(t for t in range(n_terms) if t not in reached)
             raise HierarchyError(f"term {self.terms[lost]} does not reach the root {self.terms[roots[0]]}")
@@ -139,9 +141,6 @@ class Hierarchy:
             for c in kids:
                 out[c].append(t)
         return tuple(tuple(p) for p in out)
-
-    def stratum_terms(self, stratum: int) -> tuple[int, ...]:
-        return tuple(t for t, s in enumerate(self.strata) if s == stratum)
 
     def stratum_sizes(self) -> list[int]:
         sizes = [0] * self.num_strata
@@ -272,7 +271,8 @@ def _strata_by_id(children: Mapping[str, Sequence[str]]) -> dict[str, int]:
     return dict(zip(ids, strata))
 
 
-def _reachable_from(root: int, children: Sequence[Sequence[int]]) -> set[int]:
+def reachable_from(root: Node, children: Mapping[Node, Iterable[Node]] | Sequence[Iterable[Node]]) -> set[Node]:
+    """`root` and every node below it; `children[node]` lists a node's children (term ids or indices)."""
     seen = {root}
     stack = [root]
     while stack:
