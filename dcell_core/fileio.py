@@ -1,11 +1,14 @@
-"""File primitives shared by every cache and checkpoint writer: content hashes and atomic writes."""
+"""File primitives shared by every cache and checkpoint writer: content hashes, atomic writes of files and
+directories."""
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 def file_sha256(paths: str | Path | Iterable[str | Path], chunk_bytes: int = 1 << 20) -> str:
@@ -25,6 +28,53 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Persist the content of the file at `path`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """Persist every file and directory under `root`, deepest first, then `root` itself."""
+    root = Path(root)
+    for p in sorted(root.rglob("*"), key=lambda q: -len(q.parts)):  # files first, then their directories
+        if p.is_dir():
+            fsync_dir(p)
+        else:
+            fsync_file(p)
+    fsync_dir(root)
+
+
+@contextmanager
+def atomic_directory(final: str | Path, prefix: str | None = None, mode: int | None = None,
+                     replace: bool = False) -> Iterator[Path]:
+    """Yield a new temporary directory next to `final`; once the block ends, fsync its tree and rename it to
+    `final` (then fsync the parent), so readers see no directory or the complete one under that name.
+
+    `prefix` names the temporary directory (default `.<final name>.`); `mode` is applied to it (mkdtemp makes
+    it private); `replace=True` removes an existing `final` just before the rename (that removal and the
+    rename are two steps). If the block or any step fails, the temporary directory is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix if prefix is not None else f".{final.name}.", dir=final.parent))
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        yield tmp
+        fsync_tree(tmp)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(final.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

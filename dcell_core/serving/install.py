@@ -14,13 +14,12 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from dcell_core.fileio import fsync_dir
+from dcell_core.fileio import atomic_directory, fsync_dir
 
 STAGING_MARK = ".tmp-"
 
@@ -79,16 +78,9 @@ def install(dest: Path, label: str, write: Callable[[Path], None], reuse: Callab
         shutil.rmtree(target)  # an earlier, different content under this label that nothing links to
     wrote = not target.exists()
     if wrote:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{STAGING_MARK}", dir=dest.parent))
-        try:
-            os.chmod(staging, 0o755)  # mkdtemp makes it private; a production checkpoint is read by others
+        # a production checkpoint is read by others, so the staging directory is not left private
+        with atomic_directory(target, prefix=f".{target.name}{STAGING_MARK}", mode=0o755) as staging:
             write(staging)
-            _fsync_tree(staging)
-            os.rename(staging, target)
-            fsync_dir(dest.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     if links_here:
         return Installed(dest, target, _prev_target(dest), changed=wrote)
     if old is not None:
@@ -96,19 +88,6 @@ def install(dest: Path, label: str, write: Callable[[Path], None], reuse: Callab
     _point(dest, target)
     _prune(dest, keep={target.name, old.name if old is not None else ""})
     return Installed(dest, target, old, changed=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*"), key=lambda q: -len(q.parts)):  # files first, then their directories
-        if p.is_dir():
-            fsync_dir(p)
-        else:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(root)
 
 
 def _point(link: Path, target: Path) -> None:

@@ -6,14 +6,14 @@ never leaves a half-written checkpoint under the final name.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
+
+from dcell_core.fileio import atomic_directory
 
 WEIGHTS, STATE, CONFIG, META = "model.safetensors", "train_state.pt", "config.yaml", "meta.json"
 
@@ -21,24 +21,13 @@ WEIGHTS, STATE, CONFIG, META = "model.safetensors", "train_state.pt", "config.ya
 def save_checkpoint(root: Path, epoch: int, model: torch.nn.Module, train_state: dict, cfg: DictConfig,
                     meta: dict, keep: int) -> Path:
     """Write root/epoch_NNNN atomically; keep the newest `keep` checkpoints."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch_{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_directory(final, replace=True) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS))
         torch.save(train_state, tmp / STATE)
         (tmp / CONFIG).write_text(OmegaConf.to_yaml(cfg))
         (tmp / META).write_text(json.dumps({"epoch": epoch, **meta}, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(root.glob("epoch_*"))[:-keep]:
         shutil.rmtree(old)
     return final
