@@ -55,9 +55,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from dcell_core.genotypes.readers import GenotypeFileError
     from dcell_core.serving.checkpoint import CheckpointError
-    from dcell_core.serving.inference import UnknownGenesError
+    from dcell_core.serving.inference import PredictInputError
     from dcell_core.serving.selection import PromotionError
 
+    # Only errors about what the user gave are usage errors; any other exception (a ValueError from the model
+    # code included) is a bug and ends with its traceback.
     try:
         hierarchy = _data_hierarchy(args.overrides) if args.overrides else None
         with tempfile.TemporaryDirectory(prefix="dcell-predict-") as tmp:
@@ -66,8 +68,7 @@ def main(argv=None) -> int:
                 _predict_table(args, ckpt)
             else:
                 _predict_genes(args, ckpt)
-    except (CheckpointError, UnknownGenesError, GenotypeFileError, PromotionError, FileNotFoundError,
-            ValueError) as e:
+    except (PredictInputError, CheckpointError, GenotypeFileError, PromotionError) as e:
         return _usage(str(e))
     return 0
 
@@ -78,9 +79,16 @@ def _usage(message: str) -> int:
 
 
 def _data_hierarchy(overrides):
+    from dcell_core.serving.inference import PredictInputError
     from dcell_core.serving.promote import rebuild_hierarchy
 
-    return rebuild_hierarchy(compose_or_exit(overrides))
+    cfg = compose_or_exit(overrides)
+    try:
+        return rebuild_hierarchy(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        # The hierarchy builder reports bad data settings and input files this way (as `python -m
+        # dcell_core.ontology` does): here they come from the overrides the user gave.
+        raise PredictInputError(f"data overrides {' '.join(overrides)}: {e}") from e
 
 
 def _load(args, hierarchy, tmp: Path):
@@ -90,11 +98,15 @@ def _load(args, hierarchy, tmp: Path):
         path = args.checkpoint
     else:
         from dcell_core.serving import registry
+        from dcell_core.serving.inference import PredictInputError
         from dcell_core.serving.selection import open_store, tracking_uri_for
 
         uri = tracking_uri_for(args.tracking_uri, args.project_dir)
         client = open_store(uri)
-        version = registry.resolve_model_uri(client, args.model)
+        try:
+            version = registry.resolve_model_uri(client, args.model)
+        except ValueError as e:  # its way of saying: no such model URI, or not in the registry
+            raise PredictInputError(str(e)) from e
         path = registry.download_version(client, version, uri, tmp / "model")
         print(f"{args.model}: {version.name} version {version.version} (run {version.run_id})", file=sys.stderr)
     ckpt = load_checkpoint(path, hierarchy=hierarchy, fingerprint=args.fingerprint)
@@ -149,9 +161,9 @@ def _predict_genes(args, ckpt) -> None:
 
 
 def _predict_table(args, ckpt) -> None:
-    from dcell_core.serving.tables import output_separator, predictions_table, read_genotypes, write_table
+    from dcell_core.serving.tables import check_output, predictions_table, read_genotypes, write_table
 
-    output_separator(args.output)  # a bad output name fails before any work
+    check_output(args.output)  # a bad output name or directory fails before any work
     rows, lines, genotypes = read_genotypes(args.input, args.genes_column, args.separator)
     preds, unknown, subs = _run(args, ckpt, genotypes, [f"line {n}" for n in lines], str(args.input))
     write_table(predictions_table(rows, preds, unknown, subs, args.subsystems or 0), args.output)

@@ -11,6 +11,7 @@ R, and leaves D and A exactly where the wild type has them.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -370,6 +371,59 @@ def test_cli_misuse_exits_2(tmp_path, trained):
                 str(tmp_path / "out.csv"))
     assert r.returncode == 2 and "1 gene(s) not in the model's hierarchy: YFG9 (line 3)" in r.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def predict_cli():
+    """platform/predict.py as a module of this process (its main is what `python -m platform.predict` runs)."""
+    spec = importlib.util.spec_from_file_location("predict_cli_under_test", REPO / "platform" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_predict_input_errors_are_usage_errors_naming_the_value(tmp_path, trained, predict_cli, store, capsys):
+    path = write(trained, tmp_path / "ck")
+    good = tmp_path / "in.csv"
+    good.write_text("genes\ng1+g4\n")
+    (tmp_path / "empty.csv").write_text("")
+    out = str(tmp_path / "out.csv")
+    cases = [
+        (["--genes", "g1,,g2"], "--genes 'g1,,g2': empty gene name"),
+        (["--genes", "g4,g1,g4"], "--genes 'g4,g1,g4': a gene is listed twice"),
+        (["--input", str(tmp_path / "none.csv"), "--output", out], f"--input {tmp_path / 'none.csv'}: no such file"),
+        (["--input", str(tmp_path / "empty.csv"), "--output", out], f"--input {tmp_path / 'empty.csv'}: empty file"),
+        (["--input", str(good), "--output", str(tmp_path / "out.json")], "out.json: use a .csv or .tsv file name"),
+        (["--input", str(good), "--output", str(tmp_path / "no" / "out.csv")],
+         f"directory {tmp_path / 'no'} does not exist"),
+    ]
+    for args, message in cases:
+        assert predict_cli.main(["--checkpoint", str(path), *args]) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert not (tmp_path / "out.csv").exists()
+    for model, message in [("models:dcell", "model URI 'models:dcell': expected models:/NAME@ALIAS"),
+                           ("models:/nope@production", "model URI models:/nope@production: ")]:
+        assert predict_cli.main(["--model", model, "--genes", "g1", "--project-dir", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err, model
+    assert predict_cli.main(["--checkpoint", str(path), "--input", str(good), "--output", out]) == 0
+    assert "wrote 1 prediction(s)" in capsys.readouterr().out
+
+
+def test_a_valueerror_from_the_model_is_not_a_usage_error(tmp_path, trained, predict_cli, monkeypatch, capsys):
+    """A fault in the code between the input and the model (the encoder gives the batch one gene column too many):
+    the model's own shape check raises ValueError, and the CLI lets it through as a traceback (exit 1)."""
+    from dcell_core.serving import inference
+
+    path = write(trained, tmp_path / "ck")
+    assert predict_cli.main(["--checkpoint", str(path), "--genes", "g1,g4"]) == 0
+    capsys.readouterr()
+    encode = inference.encode_genotypes
+    monkeypatch.setattr(inference, "encode_genotypes",
+                        lambda genotypes, hierarchy: torch.nn.functional.pad(encode(genotypes, hierarchy), (0, 1)))
+    with pytest.raises(ValueError, match=r"expected a dense genotype batch \[B, 6\], got shape \(1, 7\)") as err:
+        predict_cli.main(["--checkpoint", str(path), "--genes", "g1,g4"])
+    assert not isinstance(err.value, inference.PredictInputError)
+    assert "error:" not in capsys.readouterr().err
 
 
 def test_import_dcell_core_stays_cheap():

@@ -16,7 +16,14 @@ import torch
 from dcell_core.ontology.hierarchy import Hierarchy
 
 
-class UnknownGenesError(ValueError):
+class PredictInputError(ValueError):
+    """Genotypes or prediction settings that cannot be used as given (a gene list, an input or output file, a
+    count); the message names the value, and the file and line when there is one. The prediction CLI reports
+    exactly these (and the checkpoint's own errors) as usage errors: any other ValueError is a bug and keeps its
+    traceback."""
+
+
+class UnknownGenesError(PredictInputError):
     """Genotypes name genes the model has no input for; the message lists them."""
 
     def __init__(self, unknown: dict[str, str], source: str = "genotypes") -> None:
@@ -59,7 +66,7 @@ def encode_genotypes(genotypes: Sequence[Sequence[str]], hierarchy: Hierarchy) -
     rows, cols = [], []
     for b, genes in enumerate(genotypes):
         if len(set(genes)) != len(genes):
-            raise ValueError(f"genotype {b + 1} lists a gene twice: {'+'.join(genes)}")
+            raise PredictInputError(f"genotype {b + 1} lists a gene twice: {'+'.join(genes)}")
         rows += [b] * len(genes)
         cols += [index[g] for g in genes]
     x = torch.zeros(len(genotypes), hierarchy.num_genes, dtype=torch.float32)

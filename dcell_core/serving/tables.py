@@ -13,16 +13,16 @@ import pandas as pd
 from dcell_core.fileio import atomic_write_bytes
 from dcell_core.genotypes.readers import (TEXT_SEPARATORS, GenotypeFileError, _drop_blank_rows, _gene_lists,
                                           _read_raw, _require_columns, _separator_for)
-from dcell_core.serving.inference import Subsystem
+from dcell_core.serving.inference import PredictInputError, Subsystem
 
 
 def parse_gene_list(text: str) -> tuple[str, ...]:
     """'YAL001C,YBR001C' -> ('YAL001C', 'YBR001C'); empty names and repeats are errors."""
     names = [g.strip() for g in text.split(",")]
     if any(not g for g in names):
-        raise ValueError(f"--genes {text!r}: empty gene name (give ORFs separated by commas)")
+        raise PredictInputError(f"--genes {text!r}: empty gene name (give ORFs separated by commas)")
     if len(set(names)) != len(names):
-        raise ValueError(f"--genes {text!r}: a gene is listed twice")
+        raise PredictInputError(f"--genes {text!r}: a gene is listed twice")
     return tuple(names)
 
 
@@ -32,7 +32,13 @@ def read_genotypes(path: Path, genes_column: str = "genes",
     sep = _separator_for(path)
     if sep is None:
         raise GenotypeFileError(path, "prediction input must be a text table (.csv, .tsv, .tab, .txt)")
-    raw, loc = _read_raw(path, sep)
+    if not Path(path).is_file():
+        raise PredictInputError(f"--input {path}: {'not a file' if Path(path).exists() else 'no such file'}")
+    try:
+        raw, loc = _read_raw(path, sep)
+    except pd.errors.EmptyDataError as e:
+        raise PredictInputError(f"--input {path}: empty file (expected a header line with a {genes_column!r} "
+                                "column)") from e
     _require_columns(raw, [genes_column], loc)
     raw, _ = _drop_blank_rows(raw, loc)
     genes = _gene_lists(raw[genes_column], genes_column, separator, loc)
@@ -42,8 +48,15 @@ def read_genotypes(path: Path, genes_column: str = "genes",
 def output_separator(path: Path) -> str:
     ext = Path(path).suffix.lower()
     if ext not in TEXT_SEPARATORS:
-        raise ValueError(f"--output {path}: use a .csv or .tsv file name")
+        raise PredictInputError(f"--output {path}: use a .csv or .tsv file name")
     return TEXT_SEPARATORS[ext]
+
+
+def check_output(path: Path) -> None:
+    """A bad --output (extension, missing directory) fails before any work."""
+    output_separator(path)
+    if not Path(path).absolute().parent.is_dir():
+        raise PredictInputError(f"--output {path}: directory {Path(path).absolute().parent} does not exist")
 
 
 def predictions_table(rows: pd.DataFrame, predictions: Sequence[float | None], unknown: Sequence[Sequence[str]],
