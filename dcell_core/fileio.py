@@ -1,14 +1,24 @@
 """File primitives shared by every cache and checkpoint writer: content hashes, atomic writes of files and
-directories."""
+directories, and the warning a cache gives when it finds a damaged file and rebuilds it."""
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
+
+
+class CacheRebuiltWarning(UserWarning):
+    """A cache file failed its own checks (damaged, edited, truncated or an older format) and was rebuilt."""
+
+
+def warn_cache_rebuilt(path: str | Path, reason: str) -> None:
+    """Say that the cache file `path` is rebuilt, and why."""
+    warnings.warn(f"cache file {path} {reason}; rebuilding it", CacheRebuiltWarning, stacklevel=3)
 
 
 def file_sha256(paths: str | Path | Iterable[str | Path], chunk_bytes: int = 1 << 20) -> str:

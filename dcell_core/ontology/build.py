@@ -8,9 +8,10 @@ from functools import partial
 from importlib import resources
 from pathlib import Path
 
-from dcell_core.fileio import file_sha256
+from dcell_core.fileio import file_sha256, warn_cache_rebuilt
 from dcell_core.ontology.annotations import AnnotationSet, read_gaf, read_sgd_genbank
-from dcell_core.ontology.cache import atomic_write_bytes, hierarchy_cache_path
+from dcell_core.ontology.cache import (CacheFileInvalid, hierarchy_cache_path, read_hierarchy_cache,
+                                       write_hierarchy_cache)
 from dcell_core.ontology.config import SYNTHETIC_ROOT, OntologyConfig
 from dcell_core.ontology.filters import (FilterState, apply_filters, containment_filter, date_filter,
                                          evidence_filter, redundancy_filter, transitive_reduction)
@@ -64,14 +65,20 @@ def _obo_data_version(path: Path) -> str:
 
 def load_hierarchy(cfg: OntologyConfig, cache_dir: str | Path | None = None, base_dir: str | Path | None = None,
                    gene_universe: frozenset[str] | None = None) -> Hierarchy:
-    """The hierarchy for cfg: from the cache when its fingerprint is there, else built and cached atomically."""
+    """The hierarchy for cfg: from the cache when its fingerprint is there, else built and cached atomically.
+
+    A cache file that fails its checks (cache.read_hierarchy_cache) is rebuilt and rewritten, with a
+    CacheRebuiltWarning naming the file and the reason."""
     fp, key = fingerprint(cfg, base_dir, gene_universe)
     cached = hierarchy_cache_path(cache_dir, fp) if cache_dir is not None else None
     if cached is not None and cached.exists():
-        return Hierarchy.from_json(cached.read_text())
+        try:
+            return read_hierarchy_cache(cached, fp)
+        except CacheFileInvalid as exc:
+            warn_cache_rebuilt(cached, str(exc))
     hierarchy = build_hierarchy(cfg, base_dir, gene_universe, fingerprint_key=(fp, key))
     if cached is not None:
-        atomic_write_bytes(cached, hierarchy.to_json().encode())
+        write_hierarchy_cache(cached, fp, hierarchy)
     return hierarchy
 
 
