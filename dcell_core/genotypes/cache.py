@@ -2,8 +2,11 @@
 
 The key is a sha256 over everything that decides the dataset's content: the hierarchy (fingerprint and a
 digest of its terms, edges, annotations and gene order), the genotype source (file sha256 and reader
-settings, or the simulator settings) and the split settings. Any changed setting gives a new file; nothing
-is ever overwritten in place, so a crash mid-write leaves the previous cache files untouched.
+settings, or the simulator settings) and the split settings. Any changed setting gives a new file.
+
+Each file also holds a sha256 over its arrays (names, dtypes, shapes and bytes), checked on every read; a file
+that fails the check is rebuilt and replaced (dataset.load_or_build_dataset). Every write is a temporary file
+renamed into place, so a crash mid-write leaves the previous cache files untouched.
 """
 from __future__ import annotations
 
@@ -19,11 +22,16 @@ import numpy as np
 from dcell_core.fileio import atomic_write_bytes
 from dcell_core.ontology.hierarchy import Hierarchy
 
-CACHE_FORMAT = 1  # bump when the stored arrays or their meaning change
+CACHE_FORMAT = 2  # bump when the stored arrays or their meaning change (2: a checksum over the arrays)
+CHECKSUM = "content_sha256"  # the array that holds arrays_sha256 of the others
 
 
 class GenotypeCacheError(RuntimeError):
-    """A cache file that cannot be read back; the message names the file."""
+    """A cache file that cannot be read back or fails a check; the message names the file and says why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"dataset cache file {path} {reason}")
+        self.path, self.reason = Path(path), reason
 
 
 def hierarchy_digest(hierarchy: Hierarchy) -> dict:
@@ -46,17 +54,40 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / "datasets" / f"{key}.npz"
 
 
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """Hex sha256 over every array's name, dtype, shape and bytes, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode() + b"\n")
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as one .npz so that readers see either no file or the complete file."""
+    """Write arrays and their checksum (CHECKSUM) as one .npz so that readers see no file or the complete one."""
+    if CHECKSUM in arrays:
+        raise ValueError(f"array name {CHECKSUM!r} is reserved for the cache checksum")
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays, **{CHECKSUM: np.array(arrays_sha256(arrays))})
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of a cache file (no pickles); an unreadable file raises GenotypeCacheError naming it."""
-    try:  # re-raised with the path and what to do; never replaced by a rebuild behind the caller's back
+    """All arrays of a cache file (no pickles), checked against the checksum recorded when it was written.
+
+    A file that cannot be read, has no checksum or does not match it raises GenotypeCacheError naming the
+    file and saying why (load_or_build_dataset rebuilds such a file)."""
+    try:
         with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise GenotypeCacheError(f"cannot read dataset cache file {path} ({exc}); delete it to rebuild") from exc
+            arrays = {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        raise GenotypeCacheError(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+    recorded = arrays.pop(CHECKSUM, None)
+    if recorded is None:
+        raise GenotypeCacheError(path, f"has no {CHECKSUM} array (an older format)")
+    digest = arrays_sha256(arrays)
+    if recorded.shape != () or str(recorded) != digest:
+        raise GenotypeCacheError(path, f"has arrays with sha256 {digest}, not the {str(recorded)!r} recorded when "
+                                       "it was written (edited or damaged)")
+    return arrays

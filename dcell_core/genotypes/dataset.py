@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from dcell_core.fileio import file_sha256
+from dcell_core.fileio import file_sha256, warn_cache_rebuilt
 from dcell_core.ontology.build import resolve_path as resolve_config_path
 from dcell_core.ontology.hierarchy import Hierarchy
 
@@ -136,7 +136,9 @@ def load_or_build_dataset(hierarchy: Hierarchy, cfg: GenotypeConfig, cache_dir: 
     """The dataset for (hierarchy, cfg) from `<cache_dir>/datasets/<key>.npz`, built and cached on a miss.
 
     Relative `cfg.path` values are resolved against `base_dir` (None: the working directory).
-    The returned meta says "cache": "hit" or "built" and holds the key, the source and its stats.
+    The returned meta says "cache": "hit" or "built" and holds the key, the source and its stats. A cache file
+    that fails its checks (unreadable, checksum mismatch, wrong key) is rebuilt and replaced, with a
+    CacheRebuiltWarning naming it and saying why.
     """
     validate_config(cfg)
     split_settings = {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
@@ -145,14 +147,28 @@ def load_or_build_dataset(hierarchy: Hierarchy, cfg: GenotypeConfig, cache_dir: 
     key = cache.cache_key(hierarchy, source, split_settings)
     path = cache.cache_path(cache_dir, key)
     if path.is_file():
-        dataset = GenotypeDataset.from_arrays(cache.read_npz(path))
-        if dataset.meta.get("key") != key or dataset.num_genes != hierarchy.num_genes:
-            raise cache.GenotypeCacheError(f"cache file {path} holds key {dataset.meta.get('key')!r} with "
-                                           f"{dataset.num_genes} genes; expected {key!r}, {hierarchy.num_genes}")
-        return dataclasses.replace(dataset, meta={**dataset.meta, "cache": "hit", "cache_path": str(path)})
+        try:
+            dataset = _read_cached(path, key, hierarchy.num_genes)
+            return dataclasses.replace(dataset, meta={**dataset.meta, "cache": "hit", "cache_path": str(path)})
+        except cache.GenotypeCacheError as exc:
+            warn_cache_rebuilt(path, exc.reason)
     dataset = build_dataset(hierarchy, cfg, base_dir, key, source)
     cache.write_npz_atomic(path, dataset.to_arrays())
     return dataclasses.replace(dataset, meta={**dataset.meta, "cache": "built", "cache_path": str(path)})
+
+
+def _read_cached(path: Path, key: str, num_genes: int) -> GenotypeDataset:
+    """The dataset in a cache file, or GenotypeCacheError naming the file when it fails a check: unreadable,
+    checksum mismatch, arrays that do not form a valid dataset, or another key or gene count than expected."""
+    arrays = cache.read_npz(path)
+    try:
+        dataset = GenotypeDataset.from_arrays(arrays)
+    except (KeyError, ValueError, TypeError) as exc:  # GenotypeDataError and bad JSON are ValueErrors
+        raise cache.GenotypeCacheError(path, f"does not hold a valid dataset ({type(exc).__name__}: {exc})") from exc
+    if dataset.meta.get("key") != key or dataset.num_genes != num_genes:
+        raise cache.GenotypeCacheError(path, f"holds key {dataset.meta.get('key')!r} with {dataset.num_genes} genes; "
+                                             f"expected {key!r} with {num_genes}")
+    return dataset
 
 
 def _read_source(hierarchy: Hierarchy, cfg: GenotypeConfig, path: Path) -> GenotypeTable:
