@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from dcell_core.fileio import CacheRebuiltWarning
 from dcell_core.genotypes import (
-    GenotypeCacheError,
     GenotypeConfig,
     GenotypeDataError,
     GenotypeDataset,
@@ -176,13 +176,14 @@ def test_crash_during_write_leaves_no_partial_file_and_old_cache_intact(tmp_path
     assert load_or_build_dataset(toy, GenotypeConfig(**SIM), tmp_path, tmp_path).meta["cache"] == "hit"
 
 
-def test_unreadable_cache_file_is_an_error_naming_it(tmp_path, toy):
+def test_unreadable_cache_file_is_rebuilt_with_a_warning_naming_it(tmp_path, toy):
     cfg = GenotypeConfig(**SIM)
     path = cache_mod.cache_path(tmp_path, _key(toy, cfg, tmp_path))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"truncated")
-    with pytest.raises(GenotypeCacheError, match=path.name):
-        load_or_build_dataset(toy, cfg, tmp_path, tmp_path)
+    with pytest.warns(CacheRebuiltWarning, match=path.name):
+        assert load_or_build_dataset(toy, cfg, tmp_path, tmp_path).meta["cache"] == "built"
+    assert load_or_build_dataset(toy, cfg, tmp_path, tmp_path).meta["cache"] == "hit"
 
 
 # ---- file sources through the dataset ---------------------------------------------------------------------

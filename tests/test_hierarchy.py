@@ -1,6 +1,7 @@
 """Hierarchy invariants, conversions, and the fingerprint-keyed cache."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -77,10 +78,14 @@ def test_cache_hit_change_and_atomicity(hand_cfg, tmp_path, monkeypatch):
     h1 = load_hierarchy(hand_cfg(), cache)
     path = hierarchy_cache_path(cache, h1.fingerprint)
     assert path.exists()
-    # A second load reads the cache file: an edit to it shows up in the loaded hierarchy.
-    doc = json.loads(path.read_text())
+    # A second load reads the cache file: an edit that also updates the recorded hash shows up in the loaded
+    # hierarchy (an edit without it is rebuilt: tests/test_cache_integrity.py).
+    head, payload = path.read_bytes().split(b"\n", 1)
+    doc = json.loads(payload)
     doc["names"][0] = "edited in cache"
-    path.write_text(json.dumps(doc))
+    body = json.dumps(doc).encode()
+    header = {**json.loads(head), "sha256": hashlib.sha256(body).hexdigest()}
+    path.write_bytes(json.dumps(header).encode() + b"\n" + body)
     assert load_hierarchy(hand_cfg(), cache).names[0] == "edited in cache"
     # A changed setting has another fingerprint and rebuilds.
     h2 = load_hierarchy(hand_cfg(min_genes=1), cache)
