@@ -1,13 +1,15 @@
 """`python -m platform.promote SEARCH [--metric M] [--mode max|min] [--model-name dcell] [--alias production]
-[--dest DIR] [--force] [--tracking-uri URI] [--project-dir DIR]`: the best trial of a search becomes the
-production model.
+[--dest DIR] [--force] [--allow-running] [--tracking-uri URI] [--project-dir DIR]`: the winner of a search
+becomes the production model.
 
 SEARCH is a parent run id, a search name (e.g. norms-20250101-120000) or a search-space name (its latest
-search). The best FINISHED trial by the metric (default: the search's own metric and mode) is registered in the
-MLflow Model Registry, the alias is moved to it, and its production checkpoint is installed at --dest (default
-<project-dir>/checkpoints/production, a link to a versioned directory; the previous one stays as DEST.prev).
-Exit status: 0 promoted (or already production), 1 nothing promoted (no finished trial, or the alias holds a
-model at least as good: --force replaces it), 2 bad input. See docs/promotion.md.
+search). The search must be FINISHED (--allow-running takes the current winner of one that is not). Its winner
+(the FINISHED trial with the best metric at its last epoch, docs/searching.md; default: the search's own metric
+and mode) is registered in the MLflow Model Registry, the alias is moved to it, and its production checkpoint is
+installed at --dest (default <project-dir>/checkpoints/production, a link to a versioned directory; the previous
+one stays as DEST.prev).
+Exit status: 0 promoted (or already production), 1 nothing promoted (the search is not finished, it has no
+winner, or the alias holds a model at least as good: --force replaces it), 2 bad input. See docs/promotion.md.
 """
 import argparse
 import os
@@ -29,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
                                               "<project-dir>/checkpoints/production)")
     ap.add_argument("--force", action="store_true", help="move the alias even when it holds a better model or one "
                                                           "of another metric or hierarchy")
+    ap.add_argument("--allow-running", action="store_true",
+                    help="promote from a search that is not FINISHED (running, interrupted or failed): its current "
+                         "winner, which may still change")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in the project directory)")
     ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
                     help="where mlflow.db and mlartifacts/ live (default: the working directory)")
@@ -46,7 +51,7 @@ def main(argv=None) -> int:
 
     req = PromoteRequest(search=args.search, metric=args.metric, mode=args.mode, model_name=args.model_name,
                          alias=args.alias, dest=args.dest, tracking_uri=args.tracking_uri,
-                         project_dir=args.project_dir, force=args.force)
+                         project_dir=args.project_dir, force=args.force, allow_running=args.allow_running)
     try:
         promote(req)
     except (PromotionError, InstallError, FileNotFoundError) as e:

@@ -299,7 +299,6 @@ def test_parameter_bounds_only_for_ranges():
     space = load_search_space(FIXTURES / "valid_optuna.yaml")
     by_key = {p.key: p for p in space.parameters}
     assert (by_key["data.ontology.min_genes"].low, by_key["data.ontology.min_genes"].high) == (3, 5)
-    assert by_key["train.momentum"].line == 12
     with pytest.raises(AttributeError, match="no bounds"):
         by_key["train.optimizer"].low
 

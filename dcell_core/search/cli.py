@@ -1,4 +1,9 @@
-"""`python -m platform.search FILE [options] [hydra overrides ...]`: a Ray Tune search recorded in MLflow."""
+"""`python -m platform.search FILE [options] [hydra overrides ...]`: a Ray Tune search recorded in MLflow.
+
+Exit status: 0 the search completed and has a winner; 1 it completed without a winner, was interrupted (the
+command that continues it is printed) or crashed (its parent run is FAILED with the reason); 2 usage or input
+error, before anything was recorded. The table is in docs/searching.md.
+"""
 from __future__ import annotations
 
 import argparse
@@ -24,12 +29,17 @@ def parser() -> argparse.ArgumentParser:
                                            "(default: sqlite mlflow.db in the project directory, one machine only)")
     ap.add_argument("--name", help="name of this search run (default: <search name>-<timestamp>); with --resume, "
                                    "the search to continue")
-    ap.add_argument("--resume", action="store_true", help="continue an interrupted search (the latest one of this "
-                                                          "file, or --name)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted search (the latest one of this file, or --name); it keeps its "
+                         "overrides, --num-samples and --tracking-uri (other values are refused) and takes new "
+                         "--max-concurrent and --max-failures")
     ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
                     help="where mlflow.db, mlartifacts/ and ray_results/ live (default: the working directory); on "
                          "a cluster, a directory every node shares (NFS, EFS, Filestore, a ReadWriteMany volume)")
-    ap.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    ap.add_argument("--max-failures", type=int,
+                    help="retries of a crashed trial from its checkpoint (default 2; with --resume: the search's own)")
+    ap.add_argument("--verbose", action="store_true", help="also show Ray's, Tune's, Optuna's and MLflow's own "
+                                                           "console lines and the trial workers' output")
     return ap
 
 
@@ -38,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.file.is_file():
         print(f"error: search-space file not found: {args.file}", file=sys.stderr)
         return USAGE_EXIT
-    for flag in ("num_samples", "max_concurrent"):
+    for flag, least in (("num_samples", 1), ("max_concurrent", 1), ("max_failures", 0)):
         value = getattr(args, flag)
-        if value is not None and value < 1:
-            print(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+        if value is not None and value < least:
+            print(f"error: --{flag.replace('_', '-')} must be >= {least}, got {value}", file=sys.stderr)
             return USAGE_EXIT
     from dcell_core.search.cluster import ClusterMismatch
     from dcell_core.search.driver import SearchRequest, SearchUsageError, run_search
@@ -50,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     req = SearchRequest(file=args.file, overrides=list(args.overrides), num_samples=args.num_samples,
                         max_concurrent=args.max_concurrent, address=args.address, tracking_uri=args.tracking_uri,
                         name=args.name, resume=args.resume, project_dir=args.project_dir,
-                        max_failures=args.max_failures)
+                        max_failures=args.max_failures, verbose=args.verbose)
     try:
         outcome = run_search(req)
     except (SearchUsageError, TrackingUnavailable, ClusterMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT
-    return 0 if outcome.complete else 1
+    except KeyboardInterrupt:  # outside Tune's own handling; the parent run is already KILLED
+        return 1
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

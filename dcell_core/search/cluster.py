@@ -27,11 +27,14 @@ def runtime_env(address: str | None) -> dict:
     return env
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, verbose: bool = False) -> None:
+    """Start a local Ray (address None) or join a cluster; workers' output reaches the console only if verbose."""
+    import logging
+
     import ray
 
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             runtime_env=runtime_env(address))
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING, runtime_env=runtime_env(address))
 
 
 def check_tracking(address: str | None, uri: str, cpu: float, gpu: float) -> None:

@@ -1,111 +1,105 @@
-"""Driver-side Tune callback: live progress lines and true MLflow statuses for trials that Tune ended.
+"""Driver-side Tune callback: live progress lines, and the statuses only the driver can know.
 
-A trial that finishes its epochs marks its own run FINISHED; a trial that raises marks it FAILED. What a trial
-cannot do is record that the scheduler stopped it (its worker is stopped mid-run): that is done here, on the
-driver, when Tune reports the trial complete while its run is still RUNNING.
+A trial records its own FINISHED or FAILED. What it cannot record is that the scheduler stopped it (its worker is
+stopped mid-run) or that its worker died: Tune tells the driver, and this callback writes it through the ledger.
+The progress line counts trials from the record itself (the ledger), so trials that ended before an interruption
+are still counted after a resume, and its leader is the winner by the ledger's one rule.
+
+Tune pickles its run config, this callback included, when a search starts, and brings that object back when the
+search resumes. So what may change between invocations (the retries a crashed trial gets) is read from the
+search's state file at setup, not kept in the object.
 """
 from __future__ import annotations
 
-import math
+import json
 import sys
 import time
+from pathlib import Path
 
 from ray import tune
 
-from dcell_core.search import tracking
-
-TAG_RETRIES = "dcell.retries"  # how often Tune restarted the trial after a crash
+from dcell_core.search import ledger, tracking
 
 
 class SearchProgress(tune.Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, mode: str,
-                 epochs: int, total: int, stream=sys.stdout, min_interval_s: float = 5.0):
+                 total: int, state_path: Path, stream=sys.stdout, min_interval_s: float = 5.0):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.client = tracking.MlflowClient(tracking_uri=tracking_uri)
-        self.metric, self.mode, self.epochs, self.total = metric, mode, epochs, total
+        self.metric, self.mode, self.total, self.state_path = metric, mode, total, Path(state_path)
         self.stream, self.min_interval_s = stream, min_interval_s
-        self.best: tuple[float, str] | None = None
-        self.outcome: dict[str, str] = {}  # trial id -> finished | stopped | failed
-        self.trials: list = []
+        self.max_failures: int | None = None
         self._last_print = 0.0
 
-    # Tune pickles its run config (callbacks included) and Tuner.restore brings this object back: leave the
-    # client and the stream out of the pickle and make them anew.
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("client", "stream", "trials")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("client", "stream")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, trials=[], stream=sys.stdout,
+        self.__dict__.update(state, stream=sys.stdout,
                              client=tracking.MlflowClient(tracking_uri=state["tracking_uri"]))
 
     # ---- Tune hooks -------------------------------------------------------------------------------------
+    def setup(self, **info):
+        self.max_failures = int(json.loads(self.state_path.read_text())["max_failures"])
+
+    def on_step_begin(self, iteration, trials, **info):
+        # Tune gives each trial the run config's max_failures when it is made, and keeps it in the trials it
+        # restores: this invocation's value (--max-failures, also on --resume) replaces it on every trial.
+        for t in trials:
+            if t.max_failures != self.max_failures:
+                t.max_failures = self.max_failures
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.trials = trials
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
-            if better:
-                self.best = (float(value), trial.trial_id)
         self._print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.trials = trials
-        run = tracking.find_child_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
-        epoch = int((trial.last_result or {}).get("epoch", 0))
-        if run is not None and run.info.status == "RUNNING":
-            if epoch >= self.epochs:
-                self.client.set_terminated(run.info.run_id, "FINISHED")  # stopped right at its last epoch
-            else:
-                tracking.set_tags(self.client, run.info.run_id, {tracking.TAG_STOPPED: "true",
-                                                                   "dcell.stopped_at_epoch": epoch})
-                self.client.set_terminated(run.info.run_id, "KILLED")
-        status = self.client.get_run(run.info.run_id).info.status if run is not None else "no run"
-        self.outcome[trial.trial_id] = {"FINISHED": "finished", "KILLED": "stopped"}.get(status, "failed")
+        run = self._run(trial)
+        if run is not None:
+            ledger.trial_ended_by_tune(self.client, run, int((trial.last_result or {}).get("epoch", 0)))
         self._print(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.trials = trials
-        run = tracking.find_child_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
-        if run is not None and run.info.status == "RUNNING":  # the worker died before the trial could say so
-            tracking.set_tags(self.client, run.info.run_id, {tracking.TAG_ERROR: _error_text(trial)})
-            self.client.set_terminated(run.info.run_id, "FAILED")
-        self.outcome[trial.trial_id] = "failed"
+        run = self._run(trial)
+        if run is not None:
+            ledger.trial_errored(self.client, run, _error_text(trial))
         self._print(trials, force=True)
         print(f"  trial {trial.trial_id} failed: {_error_text(trial)}", file=self.stream, flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        """A crashed trial (its node lost, its worker killed) that Tune starts again from its last checkpoint: its
-        run stays RUNNING and records the attempt; the trial sets its new node when it starts."""
-        self.trials = trials
+        """A crashed trial (its node lost, its worker killed) that Tune starts again from its last checkpoint."""
         error = _error_text(trial)
-        run = tracking.find_child_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        run = self._run(trial)
         if run is not None:
-            tracking.set_tags(self.client, run.info.run_id, {TAG_RETRIES: trial.num_failures,
-                                                             "dcell.last_failure": error})
+            ledger.trial_retried(self.client, run, trial.num_failures, error)
         print(f"  trial {trial.trial_id} crashed ({error}); retry {trial.num_failures} from its last checkpoint",
               file=self.stream, flush=True)
 
     def on_experiment_end(self, trials, **info):
-        self.trials = trials
         self._print(trials, force=True)
 
     # ---- view -------------------------------------------------------------------------------------------
-    def counts(self, trials) -> dict[str, int]:
-        running = sum(t.status == "RUNNING" for t in trials)
-        finished = sum(v == "finished" for v in self.outcome.values())
-        stopped = sum(v == "stopped" for v in self.outcome.values())
-        failed = sum(v == "failed" for v in self.outcome.values())
-        return {"running": running, "finished": finished, "stopped early": stopped, "failed": failed,
-                "pending": max(0, self.total - running - finished - stopped - failed)}
+    def _run(self, trial):
+        return ledger.find_trial(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
 
     def _print(self, trials, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_print < self.min_interval_s:
             return
         self._last_print = now
-        counts = ", ".join(f"{v} {k}" for k, v in self.counts(trials).items())
-        best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(f"[{time.strftime('%H:%M:%S')}] trials of {self.total}: {counts}{best}", file=self.stream, flush=True)
+        line = progress_line(self.client, self.experiment_id, self.parent_run_id, self.metric, self.mode, self.total)
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=self.stream, flush=True)
+
+
+def progress_line(client, experiment_id: str, parent_run_id: str, metric: str, mode: str, total: int) -> str:
+    """'trials of 8: 1 running, 3 finished, ... | leader val/pearson 0.9 (trial id)' from the record."""
+    records = ledger.trial_records(client, experiment_id, parent_run_id, metric)
+    counts = ledger.counts(records)
+    counts["pending"] = total - sum(counts.values())
+    text = f"trials of {total}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+    leader = ledger.winner(records, mode)
+    if leader is not None:
+        text += f" | leader {metric} {leader.score:.4f} ({leader.trial_id})"
+    return text
 
 
 def _error_text(trial) -> str:

@@ -11,14 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-# Metric name -> direction in which it improves (None: reported for diagnosis, no direction implied).
-KNOWN_METRICS: dict[str, Optional[str]] = {
-    "val/pearson": "max", "val/spearman": "max", "val/mse": "min",
-    "train/loss": "min", "train/root_mse": "min", "train/aux": "min", "train/aux_weighted": "min",
-    "train/l2": "min", "train/pearson": "max",
-    "val/pred_std": None, "val/std_ratio": None, "val/collapse": None, "init_diversity": None, "lr": None,
-    "samples_per_s": None, "epoch_s": None, "epoch": None,
-}
+from dcell_core.train.metrics import TRAIN_METRICS
+
+# What the trial function reports each epoch, and the direction in which each improves: owned by the training
+# loop's registry (dcell_core.train.metrics.TRAIN_METRICS).
+KNOWN_METRICS: dict[str, Optional[str]] = TRAIN_METRICS
 MODES = ("max", "min")
 ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "median", "none")
@@ -54,7 +51,6 @@ class Parameter:
     key: str  # Hydra key of the composed config, e.g. "model.norm_type"
     kind: str  # one of DISTRIBUTIONS
     values: tuple  # choice / grid: the values; uniform / loguniform / randint: (lo, hi); fixed: (value,)
-    line: int  # line of the key in the file
 
     @property
     def low(self) -> Any:
@@ -70,10 +66,6 @@ class Parameter:
     def _require_range(self) -> None:
         if self.kind not in RANGE_KINDS:
             raise AttributeError(f"{self.key}: a {self.kind} parameter has no bounds")
-
-    def candidates(self) -> tuple:
-        """Values checked against the config: every listed value, or both ends of a range."""
-        return self.values
 
 
 @dataclass(frozen=True)

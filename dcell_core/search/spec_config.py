@@ -211,7 +211,7 @@ def _check_values(report: _Report, cfg: DictConfig, params: list[Parameter], bro
     for p in params:
         section = p.key.rpartition(".")[0]
         siblings = [s for s in params if s is not p and s.key.rpartition(".")[0] == section]
-        for i, value in enumerate(p.candidates()):
+        for i, value in enumerate(p.values):
             problem = _value_problem(cfg, p, value, siblings, check_section=section not in broken)
             if problem:
                 report.add(("parameters", p.key, p.kind) + ((i,) if p.kind in LIST_KINDS + RANGE_KINDS else ()),
@@ -230,7 +230,7 @@ def _value_problem(cfg: DictConfig, p: Parameter, value: Any, siblings: list[Par
         return problem
     # A cross-field rule (attention heads must divide the token width) may fail at the base value of another
     # searched key and pass at one of its values: report only values that no combination makes valid.
-    combos = itertools.product(*[s.candidates() for s in siblings])
+    combos = itertools.product(*[s.values for s in siblings])
     for combo in itertools.islice(combos, MAX_SIBLING_COMBINATIONS):
         trial = copy.deepcopy(node)
         if all(_set(trial, s.key, v) is None for s, v in zip(siblings, combo)) and _validation_problem(trial) is None:
@@ -245,7 +245,7 @@ def _max_epochs(cfg: DictConfig, params: list[Parameter], data: dict) -> Optiona
     listed = isinstance(data.get("parameters"), dict) and "train.epochs" in data["parameters"]
     if listed and not searched:
         return None
-    values = list(searched[0].candidates()) if searched else [OmegaConf.select(cfg, "train.epochs")]
+    values = list(searched[0].values) if searched else [OmegaConf.select(cfg, "train.epochs")]
     return max(values) if all(_is_int(v) for v in values) else None
 
 

@@ -181,7 +181,7 @@ def _parameter(report: _Report, key: Any, spec: Any) -> Optional[Parameter]:
                                    f"valid: {', '.join(DISTRIBUTIONS)}")
         return None
     values = _distribution_values(report, path + (kind,), kind, args)
-    return Parameter(key, kind, values, report.line_of(path)) if values is not None else None
+    return Parameter(key, kind, values) if values is not None else None
 
 
 def _distribution_values(report: _Report, path: tuple, kind: str, args: Any) -> Optional[tuple]:

@@ -2,40 +2,39 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from dcell_core.search import tracking
+from dcell_core.search import ledger, tracking
 
 
-def trials_table(client, experiment_id: str, parent_run_id: str, params: list[str], metric: str,
-                 mode: str) -> pd.DataFrame:
-    """One row per child run: status, stopped early, epochs, best and last metric, the sampled parameters."""
+def score_column(metric: str) -> str:
+    return f"{metric} (last epoch)"
+
+
+def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: str, mode: str) -> pd.DataFrame:
+    """One row per trial in the ledger's ranking (the winner first): outcome, epochs of budget, score, parameters."""
     rows = []
-    for run in tracking.child_runs(client, experiment_id, parent_run_id):
-        history = client.get_metric_history(run.info.run_id, metric)
-        values = [m.value for m in history if not math.isnan(m.value)]
-        best = (max(values) if mode == "max" else min(values)) if values else float("nan")
-        epochs = client.get_metric_history(run.info.run_id, "epoch")
+    for r in ledger.ranked(records, mode):
         rows.append({
-            "trial_id": run.data.tags.get(tracking.TAG_TRIAL, ""),
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "stopped_early": run.data.tags.get(tracking.TAG_STOPPED) == "true",
-            "epochs": int(max((m.value for m in epochs), default=0)),
-            f"best {metric}": best,
-            **{p: run.data.params.get(p) for p in params},
-            "error": run.data.tags.get(tracking.TAG_ERROR, ""),
+            "trial_id": r.trial_id,
+            "run_id": r.run_id,
+            "status": r.status,
+            "outcome": r.outcome,
+            "epochs": f"{r.epochs}/{r.budget if r.budget is not None else '?'}",
+            score_column(metric): r.score,
+            "competes": r.eligible,
+            **{p: r.run.data.params.get(p) for p in params},
+            "error": r.run.data.tags.get(ledger.TAG_ERROR, ""),
         })
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table = table.sort_values(f"best {metric}", ascending=(mode == "min"), na_position="last")
-    return table.reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def print_table(table: pd.DataFrame, metric: str, top: int, stream) -> None:
+    if table.empty:
+        print("(no trials)", file=stream)
+        return
     shown = table.head(top).drop(columns=["run_id", "error"])
     with pd.option_context("display.max_columns", 50, "display.width", 200, "display.max_colwidth", 40):
         print(shown.to_string(index=False), file=stream)
@@ -65,7 +64,7 @@ def importances(table: pd.DataFrame, params: list[str], metric: str) -> dict:
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    scored = table[table[f"best {metric}"].notna()]
+    scored = table[table[score_column(metric)].notna()]
     varying = [p for p in params if scored[p].nunique() > 1]
     if len(scored) < 3 or not varying:
         return {"not_computed": f"{len(scored)} scored trials, {len(varying)} varying parameters (need 3 and 1)"}
@@ -77,7 +76,7 @@ def importances(table: pd.DataFrame, params: list[str], metric: str) -> dict:
         if any(d.low == d.high for d in dists.values()):
             dists = {p: (d if d.low < d.high else CategoricalDistribution([d.low])) for p, d in dists.items()}
         study.add_trial(optuna.trial.create_trial(params=values, distributions=dists,
-                                                  value=float(row[f"best {metric}"])))
+                                                  value=float(row[score_column(metric)])))
     return {"importances": {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}}
 
 
@@ -90,11 +89,11 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, pa
 
     from dcell_core.train.plots import save_png
 
-    scored = table[table[f"best {metric}"].notna()]
+    scored = table[table[score_column(metric)].notna()] if not table.empty else table
     if scored.empty or not params:
         return None
     enc, categories = _encoded(scored, params)
-    enc[metric] = scored[f"best {metric}"].astype(float)
+    enc[metric] = scored[score_column(metric)].astype(float)
     span = (enc.max() - enc.min()).replace(0, 1.0)
     norm = (enc - enc.min()) / span
     fig, ax = plt.subplots(figsize=(1.6 * (len(params) + 1) + 2, 4))
@@ -109,24 +108,18 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, pa
         ax.annotate(high, (j, 1.02), ha="center", fontsize=7)
         ax.annotate(low, (j, -0.08), ha="center", fontsize=7)
     ax.set_yticks([])
-    ax.set_title(f"parameters vs best {metric} ({len(scored)} trials)")
+    ax.set_title(f"parameters vs {score_column(metric)} ({len(scored)} trials)")
     return save_png(fig, path)
 
 
 def write_parent_artifacts(client, parent_run_id: str, table: pd.DataFrame, params: list[str], metric: str,
                            out_dir: Path) -> dict:
+    """summary.csv, importances.json and the plot, logged to the parent run; returns the importances."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "summary.csv", index=False)
-    imp = importances(table, params, metric)
+    imp = importances(table, params, metric) if not table.empty else {"not_computed": "no trials"}
     (out_dir / "importances.json").write_text(json.dumps(imp, indent=1))
     plot = parallel_coordinates(table, params, metric, out_dir / "parallel_coordinates.png")
     paths = [out_dir / "summary.csv", out_dir / "importances.json"] + ([plot] if plot else [])
     tracking.log_artifacts(client, parent_run_id, paths, None)
-    counts = table["status"].value_counts().to_dict() if not table.empty else {}
-    scored = table[f"best {metric}"].dropna() if not table.empty else pd.Series(dtype=float)
-    summary = {"trials": len(table), "finished": int(counts.get("FINISHED", 0)),
-               "stopped_early": int(table["stopped_early"].sum()) if not table.empty else 0,
-               "failed": int(counts.get("FAILED", 0)),
-               f"best/{metric}": float(scored.iloc[0]) if len(scored) else float("nan")}
-    tracking.log_metrics(client, parent_run_id, summary, step=0)
-    return {**summary, **imp}
+    return imp

@@ -1,7 +1,5 @@
-"""MLflow records of a search: one experiment per search name, a parent run per search, a child run per trial.
-
-Child runs are found by tags (parent run id + Ray trial id), never by creation order, so a trial that is
-retried or resumed writes to the run it already has; statuses are set explicitly (FINISHED, FAILED, KILLED).
+"""MLflow plumbing of a search: the tracking store (reachable, writable, created safely), client settings shared
+with the trials, and batched writes. What the record means (tags, statuses, scores) is owned by ledger.py.
 """
 from __future__ import annotations
 
@@ -23,12 +21,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-TAG_PARENT = "mlflow.parentRunId"
-TAG_TRIAL = "dcell.trial_id"
-TAG_KIND = "dcell.kind"  # "search" (parent) or "trial" (child)
-TAG_STOPPED = "dcell.stopped_early"
-TAG_ERROR = "dcell.error"
-TAG_NONFINITE = "dcell.nonfinite_loss"
 MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -97,11 +89,38 @@ def probe(uri: str, timeout_s: int = 5) -> str | None:
 
 
 def check_reachable(uri: str, timeout_s: int = 5) -> MlflowClient:
-    """A client for `uri` after one real request (see probe); a clear TrackingUnavailable otherwise."""
-    problem = probe(uri, timeout_s)
+    """A client for `uri` after one real request (see probe); a clear TrackingUnavailable otherwise.
+
+    A sqlite store is checked writable first (its directory, and the file when it exists), so a path that cannot
+    be written fails at once instead of after MLflow's retries; its first open, which creates the tables and runs
+    the schema migrations, holds an exclusive lock of the store's directory, so two drivers that create one new
+    store at once do not race (the second waits, then finds the tables made)."""
+    db = sqlite_path(uri)
+    if db is not None:
+        from dcell_core.search.lease import directory_lock
+        from dcell_core.search.preflight import check_writable
+
+        try:
+            check_writable(db.parent, "the directory of the MLflow sqlite store")
+            if db.exists():
+                with open(db, "ab"):
+                    pass
+        except OSError as e:
+            raise TrackingUnavailable(f"MLflow tracking store {uri} is not writable: {e}") from e
+        with directory_lock(db.parent):
+            problem = probe(uri, timeout_s)
+    else:
+        problem = probe(uri, timeout_s)
     if problem is not None:
         raise TrackingUnavailable(f"MLflow tracking store {uri} is not reachable: {problem}")
     return MlflowClient(tracking_uri=uri)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):])
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
@@ -113,30 +132,9 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
     return client.create_experiment(name, artifact_location=location)
 
 
-def find_child_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str):
-    runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and "
-                                                      f"tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=2)
-    if len(runs) > 1:
-        raise RuntimeError(f"two MLflow runs for trial {trial_id} of parent run {parent_run_id}")
-    return runs[0] if runs else None
-
-
 def child_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list:
-    return list(client.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+    return list(client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                    max_results=10000))
-
-
-def start_child_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str, run_name: str,
-                    params: dict, tags: dict) -> str:
-    """The trial's run id: its existing run set back to RUNNING, or a new run with params and tags."""
-    run = find_child_run(client, exp_id, parent_run_id, trial_id)
-    if run is not None:
-        client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id
-    run = client.create_run(exp_id, run_name=run_name,
-                            tags={TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, TAG_KIND: "trial", **tags})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    return run.info.run_id
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:

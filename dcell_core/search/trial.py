@@ -8,17 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import tune
 
-from dcell_core.search import tracking
+from dcell_core.search import ledger, tracking
 from dcell_core.train.checkpoint import META
-
-TAG_NODE = "dcell.ray_node_id"  # the node of the trial's latest attempt
-TAG_NODES = "dcell.ray_nodes"  # the nodes of all its attempts, in order, comma-separated
-TAG_RESUMED = "dcell.resumed_from_epoch"  # set when an attempt continued from a checkpoint
 
 
 @dataclass(frozen=True)
@@ -29,7 +26,6 @@ class TrialContext:
     parent_run_id: str
     overrides: tuple[str, ...]  # fixed Hydra overrides of the search file plus the command line
     search_seed: int
-    epochs: int  # train.epochs of the composed config (to tell a finished trial from a stopped one)
     metric: str
     mode: str
     log_checkpoints: bool = True
@@ -49,22 +45,30 @@ def dcell_trial(config: dict, ctx: TrialContext) -> None:
     from dcell_core.search.space import format_override_value, trial_overrides
     from dcell_core.train.loop import NonFiniteLossError, train
 
+    started = time.time()
     tune_ctx = tune.get_context()
     trial_id = tune_ctx.get_trial_id()
     trial_dir = Path(tune_ctx.get_trial_dir())
     client = tracking.MlflowClient(tracking_uri=ctx.tracking_uri)
     sampled = dict(config)
-    run_id = tracking.start_child_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id,
-                                      tracking.run_name(sampled), sampled, ctx.tags)
     overrides = [*ctx.overrides, *trial_overrides(sampled)]
     if "train.seed" not in sampled:  # a searched seed is the trial's own; otherwise one per trial
         overrides.append(f"train.seed={trial_seed(ctx.search_seed, sampled)}")
     restored = _restore_checkpoint(trial_dir)
     if restored is not None:
         overrides.append(f"train.resume_from={format_override_value(str(restored))}")
-    tracking.set_tags(client, run_id, _placement_tags(client, run_id, restored))
+    run_id = ledger.start_trial(client, ctx.experiment_id, ctx.parent_run_id, trial_id, tracking.run_name(sampled),
+                                sampled, ctx.tags)
+    placement = _placement_tags(client, run_id, restored)
+    tracking.set_tags(client, run_id, placement)
+    attempt = len(placement[ledger.TAG_NODES].split(","))
+
+    def log_attempt_time() -> None:
+        tracking.log_metrics(client, run_id, {ledger.ATTEMPT_S: time.time() - started}, step=attempt)
+
     try:
         cfg = compose(overrides)
+        ledger.set_budget(client, run_id, int(cfg.train.epochs))
         run_dir = trial_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "resolved_config.yaml").write_text(_yaml(cfg))
@@ -80,23 +84,25 @@ def dcell_trial(config: dict, ctx: TrialContext) -> None:
             tracking.log_artifacts(client, run_id, [run_dir / "plots"], "plots")
             if ctx.log_checkpoints:
                 tracking.log_artifacts(client, run_id, [checkpoint_dir], "checkpoint")
+            log_attempt_time()
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
         train(cfg, report, output_dir=run_dir)
     except NonFiniteLossError as e:
         # Deterministic: a retry from the last checkpoint would hit it again. End the trial as FAILED now and
         # give the scheduler and searcher a worst-case value instead of an error that would be retried.
-        tracking.set_tags(client, run_id, {tracking.TAG_ERROR: str(e), tracking.TAG_NONFINITE: "true"})
-        client.set_terminated(run_id, "FAILED")
+        log_attempt_time()
+        ledger.trial_failed(client, run_id, str(e), nonfinite=True)
         tune.report({ctx.metric: float("nan"), "nonfinite_loss": 1.0})
         return
     except SystemExit:
         raise  # Tune stopping the trial (a scheduler decision): the driver records it, see progress.py
     except BaseException as e:
-        tracking.set_tags(client, run_id, {tracking.TAG_ERROR: f"{type(e).__name__}: {e}"})
-        client.set_terminated(run_id, "FAILED")
+        log_attempt_time()
+        ledger.trial_failed(client, run_id, f"{type(e).__name__}: {e}")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    log_attempt_time()
+    ledger.trial_finished(client, run_id)
 
 
 def trial_dirname(trial) -> str:
@@ -121,11 +127,11 @@ def _placement_tags(client, run_id: str, restored: Path | None) -> dict:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    earlier = client.get_run(run_id).data.tags.get(TAG_NODES)
-    tags = {TAG_NODE: node, TAG_NODES: f"{earlier},{node}" if earlier else node,
-            "dcell.gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
+    earlier = client.get_run(run_id).data.tags.get(ledger.TAG_NODES)
+    tags = {ledger.TAG_NODE: node, ledger.TAG_NODES: f"{earlier},{node}" if earlier else node,
+            ledger.TAG_GPUS: ",".join(map(str, ray.get_gpu_ids()))}
     if restored is not None:
-        tags[TAG_RESUMED] = json.loads((restored / META).read_text())["epoch"]
+        tags[ledger.TAG_RESUMED] = json.loads((restored / META).read_text())["epoch"]
     return tags
 
 

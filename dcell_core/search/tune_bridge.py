@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Optional
 
 from dcell_core.search.spec import Parameter, SearchSpace, _is_int
@@ -27,13 +28,17 @@ def to_tune_param_space(space: SearchSpace) -> dict[str, Any]:
     return {p.key: domain(p) for p in space.parameters}
 
 
-def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None) -> Any:
+def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None, state_path: Optional[Path] = None) -> Any:
     """The search algorithm, limited to max_concurrent trials (default: the file's search.max_concurrent).
 
-    Do not also set TuneConfig.max_concurrent_trials, nor TuneConfig metric / mode (the searcher and scheduler
-    carry them; Ray refuses both at once).
+    With `state_path` (the search's state file), the limit is read again from that file whenever Tune restores the
+    algorithm (a resumed search), so `--max-concurrent` given with `--resume` takes effect. Do not also set
+    TuneConfig.max_concurrent_trials, nor TuneConfig metric / mode (the searcher and scheduler carry them; Ray
+    refuses both at once).
     """
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from dcell_core.search.limits import StateLimitedConcurrency, StateLimitedVariants
 
     s = space.search
     limit = s.max_concurrent if max_concurrent is None else max_concurrent
@@ -43,9 +48,13 @@ def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None) ->
         from ray.tune.search.optuna import OptunaSearch
 
         # No space here: OptunaSearch takes it from the Tuner's param_space (set_search_properties).
-        return ConcurrencyLimiter(OptunaSearch(metric=space.metric, mode=space.mode, seed=s.seed),
-                                  max_concurrent=limit)
-    return BasicVariantGenerator(random_state=s.seed, max_concurrent=limit)
+        searcher = OptunaSearch(metric=space.metric, mode=space.mode, seed=s.seed)
+        if state_path is None:
+            return ConcurrencyLimiter(searcher, max_concurrent=limit)
+        return StateLimitedConcurrency(searcher, max_concurrent=limit, state_path=state_path)
+    if state_path is None:
+        return BasicVariantGenerator(random_state=s.seed, max_concurrent=limit)
+    return StateLimitedVariants(random_state=s.seed, max_concurrent=limit, state_path=state_path)
 
 
 def make_scheduler(space: SearchSpace) -> Any:

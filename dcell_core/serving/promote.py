@@ -22,8 +22,8 @@ from dcell_core.serving import registry
 from dcell_core.serving.checkpoint import (WEIGHTS, CheckpointError, load_checkpoint, read_info, read_weights,
                                           verify_files, write_checkpoint)
 from dcell_core.serving.install import Installed, destination_lock, install
-from dcell_core.serving.selection import (PromotionError, Winner, best_run, describe_counts, metric_and_mode,
-                                          open_store, resolve_search, tracking_uri_for)
+from dcell_core.serving.selection import (PromotionError, Winner, best_run, check_finished, describe_counts,
+                                          metric_and_mode, open_store, resolve_search, tracking_uri_for)
 
 
 @dataclass
@@ -37,6 +37,7 @@ class PromoteRequest:
     tracking_uri: str | None = None  # default: sqlite <project_dir>/mlflow.db
     project_dir: Path = field(default_factory=Path.cwd)
     force: bool = False  # move the alias even when it holds a better or incomparable model
+    allow_running: bool = False  # promote from a search that is not FINISHED (its winner may still change)
     stream: object = sys.stdout
 
 
@@ -61,6 +62,7 @@ def promote(req: PromoteRequest) -> PromoteOutcome:
     dest = Path(req.dest) if req.dest is not None else Path(req.project_dir) / "checkpoints" / "production"
     client = open_store(uri)
     parent = resolve_search(client, req.search)
+    check_finished(parent, req.allow_running)
     metric, mode = metric_and_mode(parent, req.metric, req.mode)
     winner = best_run(client, parent, metric, mode)
     search = parent.data.tags.get("dcell.search", parent.info.run_id)

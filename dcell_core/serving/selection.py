@@ -1,20 +1,20 @@
-"""Which trial wins a search: the best FINISHED child run by a metric, found in the MLflow records.
+"""Which trial of a search is promoted: the search's winner, by the one rule of dcell_core.search.ledger.
 
 A search is named by its parent run id, by its name (the `dcell.search` tag, e.g. norms-20250101-120000), or by
-its search-space name (the MLflow experiment; its latest parent run). The metric value of a run is the last one
-it logged (its final epoch's), because that is the epoch of the checkpoint it leaves. Runs that did not finish
-or lack the metric are skipped and counted; equal values go to the run that started first.
+its search-space name (the MLflow experiment; its latest parent run). Only a FINISHED search is promoted from
+(its winner can no longer change), unless the caller allows an unfinished one. The winner is the FINISHED trial
+with the best value of the metric at its last epoch (the epoch of the checkpoint it leaves); equal values go to
+the trial that started first; the other trials are counted by outcome.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from dcell_core.search import tracking
+from dcell_core.search import ledger, tracking
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 MODES = ("max", "min")
@@ -25,7 +25,7 @@ class PromotionError(ValueError):
 
 
 class NothingToPromote(RuntimeError):
-    """The search has no run that can be promoted; the CLI prints it and exits 1."""
+    """The search has no run that can be promoted, or is not finished; the CLI prints it and exits 1."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Winner:
     value: float
     metric: str
     mode: str
-    counts: dict  # finished, scored, skipped_status (by status), skipped_no_metric
+    counts: dict  # trials, scored (FINISHED with the metric), and the ledger's count of each outcome
 
     @property
     def run_id(self) -> str:
@@ -77,23 +77,23 @@ def resolve_search(client: MlflowClient, search: str):
             run = client.get_run(search)
         except MlflowException as e:
             raise PromotionError(f"no MLflow run {search} in the store") from e
-        kind = run.data.tags.get(tracking.TAG_KIND)
-        if kind != "search":
+        kind = run.data.tags.get(ledger.TAG_KIND)
+        if kind != ledger.KIND_SEARCH:
             raise PromotionError(f"run {search} is not the parent run of a search (its dcell.kind tag is {kind!r})")
         return run
     ids = _experiment_ids(client)
     newest = ["attributes.start_time DESC"]
-    runs = client.search_runs(ids, filter_string=f"tags.`{tracking.TAG_KIND}` = 'search' and tags.`dcell.search` = "
+    runs = client.search_runs(ids, filter_string=f"tags.`{ledger.TAG_KIND}` = 'search' and tags.`dcell.search` = "
                                                  f"'{_quoted(search)}'", order_by=newest, max_results=1) if ids else []
     if runs:
         return runs[0]
     exp = client.get_experiment_by_name(search)
     if exp is not None:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.TAG_KIND}` = 'search'",
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ledger.TAG_KIND}` = 'search'",
                                   order_by=newest, max_results=1)
         if runs:
             return runs[0]
-    known = client.search_runs(ids, filter_string=f"tags.`{tracking.TAG_KIND}` = 'search'", order_by=newest,
+    known = client.search_runs(ids, filter_string=f"tags.`{ledger.TAG_KIND}` = 'search'", order_by=newest,
                                max_results=10) if ids else []
     names = ", ".join(r.data.tags.get("dcell.search", r.info.run_id) for r in known) or "none"
     raise PromotionError(f"no search {search!r} in the store (a parent run id, a search name or a search-space "
@@ -123,39 +123,41 @@ def metric_and_mode(parent, metric: str | None, mode: str | None) -> tuple[str, 
     return metric, mode
 
 
+def check_finished(parent, allow_unfinished: bool) -> None:
+    """Promotion reads a search whose winner can no longer change: a FINISHED parent run."""
+    status = parent.info.status
+    if status == ledger.FINISHED or allow_unfinished:
+        return
+    name = parent.data.tags.get(ledger.TAG_SEARCH, parent.info.run_id)
+    why = {ledger.RUNNING: f"is still RUNNING (driver: {parent.data.tags.get(ledger.TAG_OWNER, 'unknown')}); its "
+                           "winner may still change: wait for it to end",
+           ledger.KILLED: "was interrupted (KILLED): resume it with python -m platform.search FILE --resume --name "
+                          f"{name}",
+           ledger.FAILED: f"did not complete with a winner (FAILED: {parent.data.tags.get(ledger.TAG_ERROR, '?')})"}
+    raise NothingToPromote(f"search {name} (parent run {parent.info.run_id}) {why.get(status, f'is {status}')}; "
+                           "--allow-running promotes its current winner anyway")
+
+
 def best_run(client: MlflowClient, parent, metric: str, mode: str) -> Winner:
-    """The best FINISHED trial run of `parent` by its last value of `metric` (earlier start wins ties)."""
-    children = [r for r in tracking.child_runs(client, parent.info.experiment_id, parent.info.run_id)
-                if r.data.tags.get(tracking.TAG_KIND) == "trial"]
-    by_status: dict[str, int] = {}
-    scored, no_metric, seen_metrics = [], 0, set()
-    for run in children:
-        seen_metrics |= set(run.data.metrics)
-        if run.info.status != "FINISHED":
-            by_status[run.info.status] = by_status.get(run.info.status, 0) + 1
-            continue
-        value = run.data.metrics.get(metric)
-        if value is None or math.isnan(value):
-            no_metric += 1
-            continue
-        scored.append((value, run))
-    counts = {"trials": len(children), "finished": len(scored) + no_metric, "scored": len(scored),
-              "skipped_status": by_status, "skipped_no_metric": no_metric}
-    if not scored:
-        if counts["finished"] and metric not in seen_metrics:
-            shown = ", ".join(sorted(m for m in seen_metrics if "/" in m)) or "none"
+    """The search's winner by `metric` (the ledger's rule), with the trials counted by outcome."""
+    records = ledger.trial_records(client, parent.info.experiment_id, parent.info.run_id, metric)
+    counts = {"trials": len(records), "scored": sum(r.eligible for r in records), **ledger.counts(records)}
+    won = ledger.winner(records, mode)
+    if won is None:
+        seen = set().union(*(r.run.data.metrics for r in records)) if records else set()
+        if counts["finished"] and metric not in seen:
+            shown = ", ".join(sorted(m for m in seen if "/" in m)) or "none"
             raise PromotionError(f"no run of search {parent.info.run_id} logged metric {metric!r} "
                                  f"(logged: {shown})")
-        raise NothingToPromote(f"search {parent.data.tags.get('dcell.search', parent.info.run_id)} has no FINISHED "
+        raise NothingToPromote(f"search {parent.data.tags.get(ledger.TAG_SEARCH, parent.info.run_id)} has no FINISHED "
                                f"trial with {metric}: {describe_counts(counts)}")
-    sign = -1.0 if mode == "max" else 1.0
-    value, run = min(scored, key=lambda vr: (sign * vr[0], vr[1].info.start_time, vr[1].info.run_id))
-    return Winner(run, float(value), metric, mode, counts)
+    return Winner(won.run, won.score, metric, mode, counts)
 
 
 def describe_counts(counts: dict) -> str:
-    """'3 trials: 1 scored, 1 not finished (1 KILLED), 1 finished without the metric'."""
-    unfinished = counts["skipped_status"]
-    detail = f" ({', '.join(f'{n} {s}' for s, n in sorted(unfinished.items()))})" if unfinished else ""
-    return (f"{counts['trials']} trials: {counts['scored']} scored, {sum(unfinished.values())} not finished{detail}, "
-            f"{counts['skipped_no_metric']} finished without the metric")
+    """'6 trials: 3 scored, 1 finished without the metric, 1 failed, 1 interrupted'."""
+    parts = [f"{counts['scored']} scored"]
+    if counts["finished"] > counts["scored"]:
+        parts.append(f"{counts['finished'] - counts['scored']} finished without the metric")
+    parts += [f"{counts[k]} {k}" for k in ("stopped early", "failed", "interrupted", "running") if counts[k]]
+    return f"{counts['trials']} trials: " + ", ".join(parts)

@@ -23,12 +23,9 @@ from dcell_core.genotypes import GenotypeBatcher
 from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, prediction_health
 from dcell_core.train.checkpoint import latest_checkpoint, load_checkpoint_files, save_checkpoint
 from dcell_core.train.config import TrainConfig
-from dcell_core.train.metrics import regression_metrics
+from dcell_core.train.metrics import LOSS_METRICS, TRAIN_METRICS, regression_metrics
 
 Report = Callable[[dict, Optional[Path]], None]
-# metric name (train/<name>) -> component of dcell_loss
-LOSS_METRICS = {"loss": "total", "root_mse": "root", "aux": "aux_sum", "aux_mean": "aux_mean",
-                "aux_weighted": "aux_weighted", "l2": "l2"}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -192,6 +189,8 @@ def train(cfg: DictConfig, report: Report | None = None, output_dir: str | Path 
             "samples_per_s": seen / seconds,
             "epoch_s": seconds,
         }
+        if metrics.keys() != TRAIN_METRICS.keys():  # the registry is what searches and summaries rely on
+            raise AssertionError(f"epoch metrics {sorted(metrics)} differ from TRAIN_METRICS {sorted(TRAIN_METRICS)}")
         history.append(metrics)
         _write_history(out_dir / "metrics.jsonl", history)
         if t.plots:

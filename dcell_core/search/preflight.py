@@ -1,0 +1,29 @@
+"""Checks made before a search records anything: the directories it will write to can be written."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class NotWritable(OSError):
+    """A directory the search must write to cannot be written; the message names it and why."""
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Create `directory` if needed and write, sync and remove one small file in it.
+
+    A real write, not os.access: root passes every permission check, but not a read-only or full file system.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".dcell-write-check-", dir=directory)
+        try:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise NotWritable(f"{what} {directory} is not writable: {e.strerror or e}") from e
