@@ -14,9 +14,23 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip"
+
+# `python -m platform.<cli>` from any directory: a .pth file makes every start of the venv's python run
+# dcell_core/_platform_path.py, which gives the standard-library `platform` the repo's platform/ as its package
+# path (docs/architecture.md). Written only once dcell_core is installed (it imports dcell_core), rewritten only
+# when its content differs. Its name sorts after setuptools' __editable__*.pth, which makes dcell_core importable.
+platform_pth() {
+    local site line="import dcell_core._platform_path"
+    site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+    if [ "$(cat "$site/dcell_platform.pth" 2>/dev/null)" != "$line" ]; then
+        printf '%s\n' "$line" > "$site/dcell_platform.pth"
+    fi
+}
+
 stamp="$VENV/.dcell-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    platform_pth
     exit 0
 fi
 
@@ -38,4 +52,7 @@ else
 fi
 $PIP install -e ".[dev]"
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+platform_pth
+root=$PWD
+(cd / && "$root/$VENV/bin/python" -m platform.doctor --help >/dev/null)  # the CLIs resolve outside the repo root
 echo "$want" > "$stamp"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sysconfig
 
 from helpers import REPO, run_python
 
@@ -61,3 +63,24 @@ def test_platform_ui_without_a_store_exits_2(subprocess_env, tmp_path):
     r = run(["-m", "platform.ui", "--project-dir", str(tmp_path)], subprocess_env)
     assert r.returncode == 2
     assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in r.stderr
+
+
+def test_platform_clis_run_from_any_directory(tmp_path):
+    """Outside the repo root and without PYTHONPATH, the venv's start-up hook (dcell_core/_platform_path.py, installed
+    by scripts/setup.sh) makes the standard `platform` the package of the CLIs; its own API is untouched."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["DCELL_CACHE_DIR"] = str(tmp_path / "cache")
+    r = run_python("-m", "platform.promote", "--help", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("usage: python -m platform.promote")
+    r = run_python("-m", "platform.doctor", "--json", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["torch"].startswith("2.13.0") and info["ray"] and info["mlflow"]
+    r = run_python("-c", "import platform; print(platform.__file__); print(platform.system())", env=env, cwd=tmp_path)
+    import platform as std_platform
+
+    assert r.returncode == 0 and r.stdout.split() == [os.path.join(sysconfig.get_paths()["stdlib"], "platform.py"),
+                                                      std_platform.system()]
+    r = run_python("-m", "platform", env=env, cwd=tmp_path)  # the standard module's own command line
+    assert r.returncode == 0 and r.stdout.strip() == std_platform.platform()
