@@ -298,12 +298,13 @@ def store(tmp_path):
 
 
 def test_best_finished_run_ties_and_counts(store):
-    from dcell_core.serving.selection import best_run
+    from dcell_core.serving.selection import best_run, describe_counts
 
     w = best_run(store.client, store.parent, "val/pearson", "max")
     assert w.run_id == store.runs["tie_early"] and w.value == 0.7  # KILLED 0.9 skipped; equal 0.7: earlier run
-    assert w.counts == {"trials": 6, "finished": 4, "scored": 3, "skipped_status": {"KILLED": 1, "FAILED": 1},
-                        "skipped_no_metric": 1}
+    assert w.counts == {"trials": 6, "scored": 3, "running": 0, "finished": 4, "stopped early": 0, "failed": 1,
+                        "interrupted": 1}
+    assert describe_counts(w.counts) == "6 trials: 3 scored, 1 finished without the metric, 1 failed, 1 interrupted"
     low = best_run(store.client, store.parent, "val/mse", "min")
     assert low.run_id == store.runs["tie_early"] and low.value == pytest.approx(0.31)
 

@@ -11,14 +11,17 @@ class NotWritable(OSError):
 
 
 def check_writable(directory: Path, what: str) -> None:
-    """Create `directory` if needed and write, sync and remove one small file in it.
+    """Write, sync and remove one small file in `directory`, or, when it does not exist yet, in its nearest existing
+    ancestor (where it will be created); nothing is left behind.
 
     A real write, not os.access: root passes every permission check, but not a read-only or full file system.
     """
-    directory = Path(directory)
+    directory = Path(directory).absolute()
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".dcell-write-check-", dir=directory)
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        fd, tmp = tempfile.mkstemp(prefix=".dcell-write-check-", dir=existing)
         try:
             os.write(fd, b"x" * 4096)
             os.fsync(fd)
