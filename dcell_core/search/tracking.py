@@ -102,6 +102,7 @@ def check_reachable(uri: str, timeout_s: int = 5) -> MlflowClient:
 
         try:
             check_writable(db.parent, "the directory of the MLflow sqlite store")
+            db.parent.mkdir(parents=True, exist_ok=True)
             if db.exists():
                 with open(db, "ab"):
                     pass
