@@ -170,6 +170,10 @@ def test_all_trials_failed_exits_1_and_the_parent_says_why(tmp_path):
     assert parent.data.tags["dcell.error"] == "no trial has a score: 2 failed"
     assert [c.info.status for c in children] == ["FAILED", "FAILED"]
     assert "no winner" in r.stdout and "2 failed" in last_progress(r.stdout)
+    # a quiet console: the platform's lines only (python -m platform.search --verbose shows the libraries' own)
+    for noise in ("Started a local Ray instance", "Token authentication", "Configuration for experiment",
+                  "TensorBoard", "A new study created", "Creating initial MLflow database", "View detailed results"):
+        assert noise not in r.stdout + r.stderr, noise
 
 
 def test_read_only_project_directory_is_refused_before_any_run(tmp_path):

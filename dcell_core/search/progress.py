@@ -30,6 +30,7 @@ class SearchProgress(tune.Callback):
         self.stream, self.min_interval_s = stream, min_interval_s
         self.max_failures: int | None = None
         self._last_print = 0.0
+        self._last_line = ""
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("client", "stream")}
@@ -87,6 +88,9 @@ class SearchProgress(tune.Callback):
             return
         self._last_print = now
         line = progress_line(self.client, self.experiment_id, self.parent_run_id, self.metric, self.mode, self.total)
+        if line == self._last_line:
+            return
+        self._last_line = line
         print(f"[{time.strftime('%H:%M:%S')}] {line}", file=self.stream, flush=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from dcell_core.ontology.hierarchy import Hierarchy
+from dcell_core.search import ledger
 from dcell_core.serving.selection import describe_counts
 
 SHOWN_METRICS = ("val/pearson", "val/spearman", "val/mse", "train/loss", "train/root_mse", "val/std_ratio")
@@ -20,7 +21,7 @@ def model_card(*, model_name: str, alias: str, parent, winner, hierarchy: Hierar
     """Markdown: what was searched, the winner's parameters and metric, the data, the plots, how to use it."""
     run = winner.run
     tags, params = parent.data.tags, parent.data.params
-    search = tags.get("dcell.search", parent.info.run_id)
+    search = tags.get(ledger.TAG_SEARCH, parent.info.run_id)
     sampled = dict(sorted(run.data.params.items()))
     final = history[-1] if history else {}
     lines = [
@@ -30,17 +31,19 @@ def model_card(*, model_name: str, alias: str, parent, winner, hierarchy: Hierar
         "",
         "## Search",
         "",
-        f"- search space `{tags.get('dcell.search_file', '?')}` (sha256 {tags.get('dcell.search_file_sha256', '?')[:12]}), "
-        f"algorithm {params.get('algorithm', '?')}, scheduler {params.get('scheduler', '?')}",
-        f"- parent run `{parent.info.run_id}` (status {parent.info.status}), code {tags.get('dcell.git_commit', '?')}",
-        f"- command-line overrides: `{tags.get('dcell.overrides', '') or 'none'}`",
+        f"- search space `{tags.get(ledger.TAG_SEARCH_FILE, '?')}` (sha256 "
+        f"{tags.get(ledger.TAG_SEARCH_FILE_SHA, '?')[:12]}), algorithm {params.get('algorithm', '?')}, scheduler "
+        f"{params.get('scheduler', '?')}",
+        f"- parent run `{parent.info.run_id}` (status {parent.info.status}), code "
+        f"{tags.get(ledger.TAG_GIT_COMMIT, '?')}",
+        f"- command-line overrides: `{tags.get(ledger.TAG_OVERRIDES, '') or 'none'}`",
         f"- {describe_counts(winner.counts)}",
-        f"- rule: the FINISHED trial with the {'highest' if winner.mode == 'max' else 'lowest'} final "
-        f"`{winner.metric}` (ties: the earlier run)",
+        f"- rule: the FINISHED trial (its whole epoch budget) with the {'highest' if winner.mode == 'max' else 'lowest'}"
+        f" `{winner.metric}` at its last epoch (ties: the earlier run)",
         "",
         "## Winner",
         "",
-        f"- run `{run.info.run_id}` ({run.info.run_name}), trial {run.data.tags.get('dcell.trial_id', '?')}",
+        f"- run `{run.info.run_id}` ({run.info.run_name}), trial {run.data.tags.get(ledger.TAG_TRIAL, '?')}",
         f"- **{winner.metric} = {_fmt(winner.value)}** after {int(final.get('epoch', len(history)))} epochs",
         "",
         "| parameter | value |",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dcell_core.search import ledger
 from dcell_core.serving import registry
 from dcell_core.serving.checkpoint import (WEIGHTS, CheckpointError, load_checkpoint, read_info, read_weights,
                                           verify_files, write_checkpoint)
@@ -65,7 +66,7 @@ def promote(req: PromoteRequest) -> PromoteOutcome:
     check_finished(parent, req.allow_running)
     metric, mode = metric_and_mode(parent, req.metric, req.mode)
     winner = best_run(client, parent, metric, mode)
-    search = parent.data.tags.get("dcell.search", parent.info.run_id)
+    search = parent.data.tags.get(ledger.TAG_SEARCH, parent.info.run_id)
     print(f"search {search} (parent run {parent.info.run_id}, {parent.info.status}): {describe_counts(winner.counts)}",
           file=out)
     print(f"winner: run {winner.run_id} ({winner.run.info.run_name}), {metric} {winner.value:.6g} ({mode})", file=out)
@@ -132,8 +133,8 @@ def _stage(client, parent, winner: Winner, req: PromoteRequest, tmp: Path) -> Pa
         staged, weights=read_weights(ckpt / WEIGHTS), config=cfg, hierarchy=hierarchy,
         metrics={"final": final, "history": history},
         source={"run_id": run_id, "run_name": winner.run.info.run_name, "parent_run_id": parent.info.run_id,
-                "search": parent.data.tags.get("dcell.search", ""), "experiment_id": winner.run.info.experiment_id,
-                "trial_id": winner.run.data.tags.get("dcell.trial_id", ""), "epoch": meta["epoch"],
+                "search": parent.data.tags.get(ledger.TAG_SEARCH, ""), "experiment_id": winner.run.info.experiment_id,
+                "trial_id": winner.run.data.tags.get(ledger.TAG_TRIAL, ""), "epoch": meta["epoch"],
                 "params": dict(winner.run.data.params)},
         metric={"name": winner.metric, "mode": winner.mode, "value": winner.value},
         card=model_card(model_name=req.model_name, alias=req.alias, parent=parent, winner=winner,
@@ -185,7 +186,7 @@ def _version_tags(winner: Winner, parent, info: dict) -> dict:
     return {registry.TAG_RUN: winner.run_id, registry.TAG_METRIC: winner.metric, registry.TAG_MODE: winner.mode,
             registry.TAG_VALUE: repr(winner.value), registry.TAG_FINGERPRINT: info["fingerprint"],
             registry.TAG_WEIGHTS: info["files"][WEIGHTS], registry.TAG_PARENT: parent.info.run_id,
-            registry.TAG_SEARCH: parent.data.tags.get("dcell.search", "")}
+            registry.TAG_SEARCH: parent.data.tags.get(ledger.TAG_SEARCH, "")}
 
 
 def _copy_into(content: Path):

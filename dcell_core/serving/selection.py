@@ -83,19 +83,19 @@ def resolve_search(client: MlflowClient, search: str):
         return run
     ids = _experiment_ids(client)
     newest = ["attributes.start_time DESC"]
-    runs = client.search_runs(ids, filter_string=f"tags.`{ledger.TAG_KIND}` = 'search' and tags.`dcell.search` = "
+    runs = client.search_runs(ids, filter_string=f"tags.`{ledger.TAG_KIND}` = '{ledger.KIND_SEARCH}' and tags.`{ledger.TAG_SEARCH}` = "
                                                  f"'{_quoted(search)}'", order_by=newest, max_results=1) if ids else []
     if runs:
         return runs[0]
     exp = client.get_experiment_by_name(search)
     if exp is not None:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ledger.TAG_KIND}` = 'search'",
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ledger.TAG_KIND}` = '{ledger.KIND_SEARCH}'",
                                   order_by=newest, max_results=1)
         if runs:
             return runs[0]
-    known = client.search_runs(ids, filter_string=f"tags.`{ledger.TAG_KIND}` = 'search'", order_by=newest,
+    known = client.search_runs(ids, filter_string=f"tags.`{ledger.TAG_KIND}` = '{ledger.KIND_SEARCH}'", order_by=newest,
                                max_results=10) if ids else []
-    names = ", ".join(r.data.tags.get("dcell.search", r.info.run_id) for r in known) or "none"
+    names = ", ".join(r.data.tags.get(ledger.TAG_SEARCH, r.info.run_id) for r in known) or "none"
     raise PromotionError(f"no search {search!r} in the store (a parent run id, a search name or a search-space "
                          f"name); recent searches: {names}")
 
