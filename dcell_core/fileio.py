@@ -32,16 +32,7 @@ def file_sha256(paths: str | Path | Iterable[str | Path], chunk_bytes: int = 1 <
 
 
 def fsync_dir(path: str | Path) -> None:
-    """Persist a rename inside directory `path`."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | Path) -> None:
-    """Persist the content of the file at `path`."""
+    """Persist a directory's entries (a rename inside it), or a file's content: both are fsynced the same way."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -53,10 +44,7 @@ def fsync_tree(root: str | Path) -> None:
     """Persist every file and directory under `root`, deepest first, then `root` itself."""
     root = Path(root)
     for p in sorted(root.rglob("*"), key=lambda q: -len(q.parts)):  # files first, then their directories
-        if p.is_dir():
-            fsync_dir(p)
-        else:
-            fsync_file(p)
+        fsync_dir(p)
     fsync_dir(root)
 
 

@@ -5,18 +5,14 @@ sub-hierarchy with few simulated genotypes, then reads what MLflow recorded.
 """
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 import helpers
-from helpers import REPO, env_for, free_port, runs_of, steps
+from helpers import env_for, free_port, runs_of, steps
 
 pytestmark = pytest.mark.slow
 ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
@@ -96,35 +92,5 @@ def test_unreachable_tracking_store_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "project" / "ray_results").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_resume_after_driver_killed(tmp_path, sig):
-    """Kill the driver while the first of two 6-epoch trials runs; --resume finishes both, nothing duplicated."""
-    f = search_file(tmp_path, f"resume{sig.name.lower()}", 6, {"train.lr": {"grid": [0.01, 0.005]}}, asha=False)
-    cmd = [sys.executable, "-m", "platform.search", str(f), "--project-dir", str(tmp_path / "project")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env_for(tmp_path / "cache"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    uri = sqlite_uri(tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        time.sleep(1)
-        if proc.poll() is not None:
-            pytest.fail("search ended before it could be interrupted:\n" + proc.stdout.read()[-3000:])
-        # The driver writes its state file after the parent run exists, i.e. after the store's tables are made:
-        # opening a store that another process is still creating races its schema migrations.
-        if list((tmp_path / "project" / "ray_results").glob("*/dcell_search.json")):
-            _, children = runs_of(uri, f"resume{sig.name.lower()}")
-            if any(len(steps(uri, c.info.run_id)) >= 2 for c in children):
-                break
-    else:
-        pytest.fail("no trial reached epoch 2 in 300 s")
-    os.kill(proc.pid, sig)
-    proc.wait(timeout=120)
-    if sig == signal.SIGKILL:  # the driver's local Ray processes lose their driver; end them as a crash would
-        os.killpg(proc.pid, signal.SIGKILL)
-    r = run_search(tmp_path, str(f), "--resume")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    parents, children = runs_of(uri, f"resume{sig.name.lower()}")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 2, [c.data.tags for c in children]
-    for c in children:
-        assert (c.info.status, steps(uri, c.info.run_id)) == ("FINISHED", [1, 2, 3, 4, 5, 6]), r.stdout[-4000:]
+# Resuming after SIGINT, SIGTERM and SIGKILL: tests/test_search_ledger.py (no duplicate runs, all epochs once,
+# counters and overhead true).

@@ -240,13 +240,13 @@ def test_two_searches_create_one_new_sqlite_store_at_once(tmp_path):
 # ---- resume: flags, counters, overhead, a finished search ----------------------------------------------------
 def test_resume_refuses_flags_it_cannot_honour_and_honours_failures_and_concurrency(tmp_path):
     # Grid order: (lr 0.01, min_genes 6) trains 8 epochs; (0.01, 400) fails (no term keeps 400 genes), which Tune
-    # retries max_failures times. Interrupted during the first trial, resumed with --max-failures 0 and
+    # retries max_failures times. Stopped (SIGTERM) during the first trial, resumed with --max-failures 0 and
     # --max-concurrent 2: the failing trial gets one attempt, and it runs while the first trial still trains.
     f = helpers.search_file(tmp_path, "flags", 8, {"train.lr": {"grid": [0.01]},
                                                    "data.ontology.min_genes": {"grid": [6, 400]}})
     proc = start(tmp_path, str(f))
     wait_until_epoch(tmp_path, proc, "flags", trials_at=1, epoch=1)
-    out = interrupt(proc, signal.SIGINT)
+    out = interrupt(proc, signal.SIGTERM)  # a scheduler's stop: handled as Ctrl-C
     assert proc.returncode == 1, out[-3000:]
     name = search_name(tmp_path)
     hint = out[out.index("continue it with:"):].splitlines()[1].strip()

@@ -7,6 +7,8 @@ error, before anything was recorded. The table is in docs/searching.md.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                         max_concurrent=args.max_concurrent, address=args.address, tracking_uri=args.tracking_uri,
                         name=args.name, resume=args.resume, project_dir=args.project_dir,
                         max_failures=args.max_failures, verbose=args.verbose)
+    # SIGTERM (a scheduler's or a container's stop) is handled as Ctrl-C: Tune ends the run cleanly, and the parent
+    # run is closed as interrupted, never left RUNNING.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     try:
         outcome = run_search(req)
     except (SearchUsageError, TrackingUnavailable, ClusterMismatch) as e:

@@ -114,8 +114,9 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         check_writable(Path(_cache_dir()), "the cache directory ($DCELL_CACHE_DIR)")
     except NotWritable as e:
         raise SearchUsageError(str(e)) from e
-    client = tracking.check_reachable(tracking_uri)
-    if state:
+    client = None
+    if state:  # the store exists since the search started: opening it creates nothing
+        client = tracking.check_reachable(tracking_uri)
         parent = client.get_run(state["parent_run_id"])
         if parent.data.tags.get(ledger.TAG_OUTCOME) == "completed":
             return _already_completed(client, state, space, parent, tracking_uri, exp_dir, out)
@@ -147,6 +148,8 @@ def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides,
         cluster.connect(req.address, req.verbose)
     try:
         cluster.check_tracking(req.address, tracking_uri, space.resources.cpu, space.resources.gpu)
+        if client is None:  # a new search: the store is opened (a sqlite file created) only once the cluster fits
+            client = tracking.check_reachable(tracking_uri)
         if not req.address:  # a local Ray starts only once the tracking store answered
             cluster.connect(None, req.verbose)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from dcell_core.search import tracking
@@ -78,7 +79,7 @@ def metric_direction(metric: str) -> str | None:
 def open_parent(client: MlflowClient, experiment_id: str, name: str, tags: dict, params: dict) -> str:
     """A new parent run (RUNNING) for the search `name`."""
     run = client.create_run(experiment_id, run_name=name, tags={TAG_KIND: KIND_SEARCH, TAG_SEARCH: name, **tags})
-    client.log_batch(run.info.run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
 
 
@@ -119,7 +120,7 @@ def start_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, tr
     if run is None:
         run = client.create_run(experiment_id, run_name=run_name, tags={
             TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, TAG_KIND: KIND_TRIAL, **tags})
-        client.log_batch(run.info.run_id, params=[tracking.Param(k, str(v)) for k, v in params.items()])
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
     if TAG_INTERRUPTED in run.data.tags:
         client.delete_tag(run.info.run_id, TAG_INTERRUPTED)
