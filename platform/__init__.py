@@ -1,8 +1,9 @@
 """The platform's command-line package, which also stands in for the standard-library `platform` module.
 
-Running `python -m platform.search` from the repo root puts this package where every library looks for the
-standard module (`platform.system()`, `platform.machine()`, ...). So the standard module is loaded from the
-standard library's own file and its whole API is re-exported here. Worker-side code never lives in this
+Running `python -m platform.search` from the repo root with a Python that lacks the project's start-up hook
+(dcell_core/_platform_path.py, installed into .venv by scripts/setup.sh) puts this package where every library
+looks for the standard module (`platform.system()`, `platform.machine()`, ...). So the standard module is loaded
+from the standard library's own file and its whole API is re-exported here. Worker-side code never lives in this
 package: Ray workers import the standard `platform` first and could not unpickle functions defined here.
 """
 import importlib.util as _ilu
