@@ -99,7 +99,8 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     }
     if settings["max_failures"] < 0:
         raise SearchUsageError(f"--max-failures must be >= 0, got {settings['max_failures']}")
-    tracking_uri = (state["tracking_uri"] if state else req.tracking_uri) or tracking.default_tracking_uri(project)
+    recorded = state["tracking_uri"] if state else None  # a resume may name a new address of the same store
+    tracking_uri = req.tracking_uri or recorded or tracking.default_tracking_uri(project)
     name = state["name"] if state else (req.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     exp_dir = storage / name
     if not state and exp_dir.exists():
@@ -117,7 +118,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     client = None
     if state:  # the store exists since the search started: opening it creates nothing
         client = tracking.check_reachable(tracking_uri)
-        parent = client.get_run(state["parent_run_id"])
+        parent = _resumed_parent(client, tracking_uri, state)
         if parent.data.tags.get(ledger.TAG_OUTCOME) == "completed":
             return _already_completed(client, state, space, parent, tracking_uri, exp_dir, out)
     lease = Lease(exp_dir)
@@ -388,9 +389,22 @@ def _check_resume(req: SearchRequest, state: dict, file_hash: str) -> None:
     if req.num_samples is not None and req.num_samples != state["num_samples"]:
         raise SearchUsageError(f"--resume: --num-samples {req.num_samples} cannot change a started search; it keeps "
                                f"num_samples={state['num_samples']}")
-    if req.tracking_uri is not None and req.tracking_uri != state["tracking_uri"]:
-        raise SearchUsageError(f"--resume: --tracking-uri {req.tracking_uri} cannot move a started search; it keeps "
-                               f"its tracking store {state['tracking_uri']}")
+
+
+def _resumed_parent(client, tracking_uri: str, state: dict):
+    """The search's parent run in the store at tracking_uri. A new --tracking-uri (the server moved, e.g. a new
+    head node) is honoured only when it reaches the same store: the one that holds this search's parent run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent = client.get_run(state["parent_run_id"])
+    except MlflowException:
+        parent = None
+    if parent is None or parent.data.tags.get(ledger.TAG_SEARCH) != state["name"]:
+        raise SearchUsageError(f"--resume: the tracking store {tracking_uri} has no parent run {state['parent_run_id']} "
+                               f"of search {state['name']}: it is not the store this search records to (it was "
+                               f"{state['tracking_uri']})")
+    return parent
 
 
 def _write_state(path: Path, state: dict) -> None:

@@ -6,8 +6,8 @@ The progress line counts trials from the record itself (the ledger), so trials t
 are still counted after a resume, and its leader is the winner by the ledger's one rule.
 
 Tune pickles its run config, this callback included, when a search starts, and brings that object back when the
-search resumes. So what may change between invocations (the retries a crashed trial gets) is read from the
-search's state file at setup, not kept in the object.
+search resumes. So what may change between invocations (the retries a crashed trial gets, the tracking store's
+address) is read from the search's state file at setup, not kept in the object.
 """
 from __future__ import annotations
 
@@ -41,7 +41,11 @@ class SearchProgress(tune.Callback):
 
     # ---- Tune hooks -------------------------------------------------------------------------------------
     def setup(self, **info):
-        self.max_failures = int(json.loads(self.state_path.read_text())["max_failures"])
+        state = json.loads(self.state_path.read_text())
+        self.max_failures = int(state["max_failures"])
+        if state["tracking_uri"] != self.tracking_uri:  # a resume that reached the store at a new address
+            self.tracking_uri = state["tracking_uri"]
+            self.client = tracking.MlflowClient(tracking_uri=self.tracking_uri)
 
     def on_step_begin(self, iteration, trials, **info):
         # Tune gives each trial the run config's max_failures when it is made, and keeps it in the trials it
