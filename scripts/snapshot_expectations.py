@@ -20,8 +20,8 @@ def summary(name: str, basis: str) -> dict:
 
 
 def main() -> None:
-    out = {"_comment": "Counts of the embedded snapshot (GO releases/2019-01-27 + SGD GenBank 2019-10-25) per data "
-                       "config. Regenerate only when the snapshot or the build logic changes on purpose: "
+    out = {"_comment": "Counts of the embedded snapshot (GO releases/2019-01-27 + SGD GenBank records of 2017-01-18) "
+                       "per data config. Regenerate only when the snapshot or the build logic changes on purpose: "
                        "python scripts/snapshot_expectations.py"}
     for name in NAMES:
         s = summary(name, "contained")
