@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,24 +19,38 @@ class RunData:
 
 
 def dataset_genes(gcfg: GenotypeConfig, base_dir: str | None) -> frozenset[str]:
-    """Every gene disrupted in a genotype file (for containment counted over the dataset's genes)."""
+    """Every gene disrupted in at least one genotype of the configured file (data.ontology.gene_universe=dataset),
+    read with the data config's own reader settings."""
     if gcfg.source == "simulate":
-        raise ValueError("data.ontology.containment_genes=dataset needs a genotype file (data.genotypes.source "
-                         "sga or table); simulated genotypes are drawn from the hierarchy itself")
+        raise ValueError("data.ontology.gene_universe=dataset needs genotypes read from a file (data.genotypes.source "
+                         "and data.genotypes.path), but data.genotypes.source=simulate: the simulator draws its "
+                         "genotypes from the hierarchy's genes, so they cannot define them. Set a genotype file, or "
+                         "data.ontology.gene_universe=annotated or =FILE (a text file of ORFs, one per line)")
     path = resolve_path(gcfg.path, base_dir)
     if gcfg.source == "sga":
         table = read_sga(path, None, gcfg.phenotype, drop_missing=gcfg.drop_missing)
-    else:
+    elif gcfg.source == "table":
         table = read_table(path, gcfg.phenotype, None, gcfg.genes_column, gcfg.gene_separator,
                            drop_missing=gcfg.drop_missing)
+    else:
+        raise ValueError(f"data.ontology.gene_universe=dataset: no gene reader for data.genotypes.source="
+                         f"{gcfg.source!r}")
     return frozenset(g for genes in table.frame["genes"] for g in genes)
+
+
+def load_run_hierarchy(cfg: DictConfig, cache: str | Path | None) -> Hierarchy:
+    """The hierarchy of a composed config, through the hierarchy cache in `cache` (None: built, not cached);
+    with data.ontology.gene_universe=dataset, over the genes of its genotype data."""
+    onto = ontology_config(cfg)
+    genes = None
+    if onto.gene_universe == "dataset":
+        genes = dataset_genes(OmegaConf.to_object(cfg.data.genotypes), cfg.base_dir)
+    return load_hierarchy(onto, cache, cfg.base_dir, dataset_genes=genes)
 
 
 def load_run_data(cfg: DictConfig) -> RunData:
     """Hierarchy (cached by fingerprint) and dataset (cached by hierarchy, source and splits) of a config."""
-    onto = ontology_config(cfg)
     gcfg: GenotypeConfig = OmegaConf.to_object(cfg.data.genotypes)
-    universe = dataset_genes(gcfg, cfg.base_dir) if onto.containment_genes == "dataset" else None
-    hierarchy = load_hierarchy(onto, cache_dir(cfg), cfg.base_dir, gene_universe=universe)
+    hierarchy = load_run_hierarchy(cfg, cache_dir(cfg))
     dataset = load_or_build_dataset(hierarchy, gcfg, cache_dir(cfg), cfg.base_dir)
     return RunData(hierarchy, dataset)

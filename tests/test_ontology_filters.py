@@ -122,15 +122,6 @@ def test_evidence_exclusion_is_configurable(hand_cfg):
     assert "g10" not in h2.genes  # g10's only annotation is IPI
 
 
-def test_containment_counting_only_dataset_genes(hand_cfg):
-    # Counting only {g7, g8, g15, g1}: E counts 3 (kept), C counts 1 (removed), A counts 4, B 3.
-    universe = frozenset({"g7", "g8", "g15", "g1"})
-    h = build_hierarchy(hand_cfg(containment_genes="dataset"), gene_universe=universe)
-    assert E in h.terms and C not in h.terms
-    with pytest.raises(ValueError, match="gene_universe"):
-        build_hierarchy(hand_cfg(containment_genes="dataset"))
-
-
 def test_transitive_reduction_drops_shortcut_edge():
     st = FilterState(children={"R": {"X", "Y"}, "X": {"Y"}, "Y": set()},
                      parents={"R": set(), "X": {"R"}, "Y": {"R", "X"}},

@@ -1,4 +1,8 @@
-"""From an OntologyConfig to a validated Hierarchy: fingerprint, on-disk cache, GO + annotations + filters."""
+"""From an OntologyConfig to a validated Hierarchy: fingerprint, on-disk cache, GO + annotations + filters.
+
+`dataset_genes` (every function here) are the genes disrupted in the configured genotype data; they are needed
+exactly when data.ontology.gene_universe is "dataset" (dcell_core.data.load_run_hierarchy passes them).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +21,7 @@ from dcell_core.ontology.filters import (FilterState, apply_filters, containment
                                          evidence_filter, redundancy_filter, transitive_reduction)
 from dcell_core.ontology.hierarchy import Hierarchy, reachable_from
 from dcell_core.ontology.obo import GoGraph, load_go
+from dcell_core.ontology.universe import GeneUniverse, resolve_universe
 
 BUILDER_VERSION = 1  # bump when the build logic changes what a fingerprint produces
 SNAPSHOT_PREFIX = "snapshot:"
@@ -30,24 +35,33 @@ def resolve_path(spec: str, base_dir: str | Path | None = None) -> Path:
     return p if p.is_absolute() else Path(base_dir or Path.cwd()) / p
 
 
+def gene_universe(cfg: OntologyConfig, base_dir: str | Path | None = None,
+                  dataset_genes: frozenset[str] | None = None) -> GeneUniverse:
+    """The resolved data.ontology.gene_universe (a file is read and checked here)."""
+    return resolve_universe(cfg.gene_universe, partial(resolve_path, base_dir=base_dir), dataset_genes)
+
+
 def fingerprint(cfg: OntologyConfig, base_dir: str | Path | None = None,
-                gene_universe: frozenset[str] | None = None) -> tuple[str, dict]:
-    """Hash of (OBO content and data-version, annotation source and content, settings and filter order)."""
+                dataset_genes: frozenset[str] | None = None) -> tuple[str, dict]:
+    """Hash of (OBO content and data-version, annotation source and content, gene universe, settings and
+    filter order)."""
+    cfg.validate()
+    return _fingerprint(cfg, base_dir, gene_universe(cfg, base_dir, dataset_genes))
+
+
+def _fingerprint(cfg: OntologyConfig, base_dir: str | Path | None, universe: GeneUniverse) -> tuple[str, dict]:
     cfg.validate()
     obo, ann = resolve_path(cfg.obo, base_dir), resolve_path(cfg.annotations, base_dir)
     for label, spec, p in (("obo", cfg.obo, obo), ("annotations", cfg.annotations, ann)):
         if not p.exists():
             raise FileNotFoundError(f"{label} file not found: {p} (config value {label}={spec!r})")
-    if cfg.containment_genes == "dataset" and gene_universe is None:
-        raise ValueError("containment_genes='dataset' needs the dataset's disrupted genes (gene_universe)")
     key = {
         "builder_version": BUILDER_VERSION,
         "obo_sha256": file_sha256([obo]),
         "obo_data_version": _obo_data_version(obo),
         "annotations_sha256": file_sha256([ann]),
         **cfg.fingerprint_fields(),
-        "gene_universe_sha256": (hashlib.sha256("\n".join(sorted(gene_universe)).encode()).hexdigest()
-                                 if cfg.containment_genes == "dataset" else None),
+        "gene_universe": universe.fingerprint_field(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return digest, key
@@ -64,19 +78,21 @@ def _obo_data_version(path: Path) -> str:
 
 
 def load_hierarchy(cfg: OntologyConfig, cache_dir: str | Path | None = None, base_dir: str | Path | None = None,
-                   gene_universe: frozenset[str] | None = None) -> Hierarchy:
+                   dataset_genes: frozenset[str] | None = None) -> Hierarchy:
     """The hierarchy for cfg: from the cache when its fingerprint is there, else built and cached atomically.
 
     A cache file that fails its checks (cache.read_hierarchy_cache) is rebuilt and rewritten, with a
     CacheRebuiltWarning naming the file and the reason."""
-    fp, key = fingerprint(cfg, base_dir, gene_universe)
+    cfg.validate()
+    universe = gene_universe(cfg, base_dir, dataset_genes)
+    fp, key = _fingerprint(cfg, base_dir, universe)
     cached = hierarchy_cache_path(cache_dir, fp) if cache_dir is not None else None
     if cached is not None and cached.exists():
         try:
             return read_hierarchy_cache(cached, fp)
         except CacheFileInvalid as exc:
             warn_cache_rebuilt(cached, str(exc))
-    hierarchy = build_hierarchy(cfg, base_dir, gene_universe, fingerprint_key=(fp, key))
+    hierarchy = _build(cfg, base_dir, universe, (fp, key))
     if cached is not None:
         write_hierarchy_cache(cached, fp, hierarchy)
     return hierarchy
@@ -90,21 +106,31 @@ def read_annotations(cfg: OntologyConfig, base_dir: str | Path | None = None) ->
 
 
 def build_hierarchy(cfg: OntologyConfig, base_dir: str | Path | None = None,
-                    gene_universe: frozenset[str] | None = None,
-                    fingerprint_key: tuple[str, dict] | None = None) -> Hierarchy:
-    fp, key = fingerprint_key or fingerprint(cfg, base_dir, gene_universe)
+                    dataset_genes: frozenset[str] | None = None) -> Hierarchy:
+    """The hierarchy for cfg, built without the cache."""
+    cfg.validate()
+    universe = gene_universe(cfg, base_dir, dataset_genes)
+    return _build(cfg, base_dir, universe, _fingerprint(cfg, base_dir, universe))
+
+
+def _build(cfg: OntologyConfig, base_dir: str | Path | None, universe: GeneUniverse,
+           fingerprint_key: tuple[str, dict]) -> Hierarchy:
+    fp, key = fingerprint_key
     go = load_go(resolve_path(cfg.obo, base_dir), tuple(cfg.relations))
     annotations = read_annotations(cfg, base_dir)
-    state, scope_stats = initial_state(go, annotations, cfg)
+    universe_stats = universe_report(universe, annotations, cfg)
+    state, scope_stats = initial_state(go, annotations, cfg, universe)
     steps = {
         "date": partial(date_filter, date_cutoff=cfg.date_cutoff),
         "evidence": partial(evidence_filter, exclude_evidence=list(cfg.exclude_evidence)),
-        "containment": partial(containment_filter, min_genes=cfg.min_genes,
-                               genes=set(gene_universe) if cfg.containment_genes == "dataset" else None),
+        "containment": partial(containment_filter, min_genes=cfg.min_genes),
         "redundancy": redundancy_filter,
         "transitive_reduction": transitive_reduction,
     }
     log = apply_filters(state, [(name, steps[name]) for name in cfg.filter_order])
+    kept = {g for recs in state.records.values() for g, _, _ in recs}
+    universe_stats["in_hierarchy"] = len(kept)
+    universe_stats["not_in_hierarchy"] = universe_stats["genes"] - len(kept)
     names = {**go.names, SYNTHETIC_ROOT: "root (above the GO namespace roots)"}
     provenance = {
         "fingerprint": fp,
@@ -114,6 +140,7 @@ def build_hierarchy(cfg: OntologyConfig, base_dir: str | Path | None = None,
         "annotations": {"source": annotations.source, "version": annotations.version,
                         "sha256": annotations.sha256, **annotations.stats},
         "scope": scope_stats,
+        "universe": universe_stats,
         "filter_log": log,
     }
     return Hierarchy.from_mappings(
@@ -124,9 +151,30 @@ def build_hierarchy(cfg: OntologyConfig, base_dir: str | Path | None = None,
     )
 
 
-def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig) -> tuple[FilterState, dict]:
+def universe_report(universe: GeneUniverse, annotations: AnnotationSet, cfg: OntologyConfig) -> dict:
+    """Counts of the universe against the annotation file: its genes, those with and without any annotation
+    record (examples of the latter), and the annotated genes outside it.
+
+    A universe of which no gene is annotated is an error (gene names of another kind than the annotations')."""
+    annotated = {r.gene for r in annotations.records}
+    genes = annotated if universe.genes is None else universe.genes
+    unannotated = sorted(genes - annotated)
+    report = {"kind": universe.kind, "source": universe.source or cfg.gene_universe, "genes": len(genes),
+              "genes_sha256": universe.genes_sha256, "annotated": len(genes) - len(unannotated),
+              "unannotated": len(unannotated), "unannotated_examples": unannotated[:20],
+              "annotated_genes_outside": len(annotated - genes)}
+    if genes and not report["annotated"]:
+        raise ValueError(f"gene universe {report['source']}: none of its {len(genes)} genes (e.g. {unannotated[0]!r}) "
+                         f"has a GO annotation in {annotations.source} file {cfg.annotations} (its genes are named "
+                         f"like {min(annotated)!r})")
+    return report
+
+
+def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig,
+                  universe: GeneUniverse) -> tuple[FilterState, dict]:
     """The term graph in scope (a GO term's descendants, or the namespaces under a synthetic root) with the
-    annotation records resolved to live terms; obsolete and unknown GO ids are counted, not kept."""
+    annotation records of universe genes resolved to live terms; records of genes outside the universe, and
+    obsolete and unknown GO ids, are counted, not kept."""
     children = go.children()
     if cfg.root is not None:
         root = go.resolve(cfg.root)
@@ -145,10 +193,13 @@ def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig) 
         for t in tops:
             state_parents[t].add(root)
     records: dict[str, set] = {t: set() for t in state_children}
-    counts = {"annotation_records": len(annotations.records), "obsolete_go_id": 0, "unknown_go_id": 0,
-              "outside_scope": 0, "alt_id_resolved": 0}
+    counts = {"annotation_records": len(annotations.records), "outside_universe": 0, "obsolete_go_id": 0,
+              "unknown_go_id": 0, "outside_scope": 0, "alt_id_resolved": 0}
     unknown_ids: set[str] = set()
     for rec in annotations.records:
+        if universe.genes is not None and rec.gene not in universe.genes:
+            counts["outside_universe"] += 1
+            continue
         term = go.resolve(rec.go_id)
         if term is None:
             key = "obsolete_go_id" if rec.go_id in go.obsolete else "unknown_go_id"

@@ -8,7 +8,6 @@ from typing import List, Optional
 FILTER_STEPS = ("date", "evidence", "containment", "redundancy", "transitive_reduction")
 NAMESPACES = ("biological_process", "molecular_function", "cellular_component")
 ANNOTATION_SOURCES = ("sgd_genbank", "gaf")
-CONTAINMENT_GENES = ("annotated", "dataset")
 SYNTHETIC_ROOT = "DCELL:ROOT"
 
 
@@ -28,6 +27,7 @@ class OntologyConfig:
     # Root of the hierarchy: a GO id (its sub-hierarchy), or null for one root above the namespace roots.
     root: Optional[str] = None
     # The filters, applied in this order; each name may appear once. "date" needs date_cutoff and vice versa.
+    # The default keeps transitive_reduction, which the paper does not list (yeast_go_paper leaves it out).
     filter_order: List[str] = field(
         default_factory=lambda: ["evidence", "containment", "redundancy", "transitive_reduction"])
     # date: drop annotations made after this day (YYYY-MM-DD); only sources with dates (GAF).
@@ -36,8 +36,12 @@ class OntologyConfig:
     exclude_evidence: List[str] = field(default_factory=lambda: ["IGI"])
     # containment: remove terms containing fewer genes than this (own or any descendant's; paper: 6).
     min_genes: int = 6
-    # containment: count "annotated" genes, or only the genes disrupted in the dataset ("dataset").
-    containment_genes: str = "annotated"
+    # The genes the hierarchy is built over: "annotated" (every gene of the annotation file), "dataset" (the genes
+    # disrupted in at least one genotype of data.genotypes), or a text file listing one gene per line (a relative
+    # path is taken from base_dir). It sets the hierarchy's genes, the containment counts and the widths.
+    gene_universe: str = "annotated"
+    # Removed (replaced by gene_universe); setting it is an error that says what to write instead.
+    containment_genes: Optional[str] = None
 
     def validate(self) -> None:
         """Raise one ValueError listing every invalid field with its value."""
@@ -62,8 +66,13 @@ class OntologyConfig:
             problems.append(f"root: expected a GO id like GO:0006281 or null, got {self.root!r}")
         if self.min_genes < 1:
             problems.append(f"min_genes: must be >= 1, got {self.min_genes}")
-        if self.containment_genes not in CONTAINMENT_GENES:
-            problems.append(f"containment_genes: {self.containment_genes!r} not in {list(CONTAINMENT_GENES)}")
+        if self.containment_genes is not None:
+            value = self.containment_genes if self.containment_genes in ("annotated", "dataset") else "FILE"
+            problems.append(f"containment_genes: {self.containment_genes!r}: this setting was removed; write "
+                            f"data.ontology.gene_universe={value} instead (annotated, dataset, or a gene-list "
+                            "file: it sets the hierarchy's genes and widths, not only the containment counts)")
+        if not str(self.gene_universe).strip():
+            problems.append(f"gene_universe: {self.gene_universe!r}: expected 'annotated', 'dataset' or a file path")
         bad_ev = [e for e in self.exclude_evidence if not str(e).isalpha()]
         if bad_ev:
             problems.append(f"exclude_evidence: not evidence codes: {bad_ev}")
@@ -71,11 +80,13 @@ class OntologyConfig:
             raise ValueError("invalid ontology config:\n  " + "\n  ".join(problems))
 
     def fingerprint_fields(self) -> dict:
-        """The settings that change the hierarchy, with the filters as an ordered list of (name, params)."""
+        """The settings that change the hierarchy, with the filters as an ordered list of (name, params).
+
+        The gene universe enters the fingerprint as its resolved gene list (build.fingerprint), not as this value."""
         params = {
             "date": {"date_cutoff": self.date_cutoff},
             "evidence": {"exclude_evidence": sorted(self.exclude_evidence)},
-            "containment": {"min_genes": self.min_genes, "containment_genes": self.containment_genes},
+            "containment": {"min_genes": self.min_genes},
             "redundancy": {},
             "transitive_reduction": {},
         }

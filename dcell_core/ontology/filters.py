@@ -55,15 +55,13 @@ class FilterState:
             stack.extend((c, False) for c in self.children[t] if c not in seen)
         return order
 
-    def contained(self, genes: set[str] | None = None) -> dict[str, int]:
-        """Contained genes of every term as a bitset (Python int); `genes` restricts what is counted."""
+    def contained(self) -> dict[str, int]:
+        """Contained genes of every term as a bitset (Python int)."""
         index: dict[str, int] = {}
         bits: dict[str, int] = {}
         for t in self.post_order():
             mask = 0
             for g, _, _ in self.records[t]:
-                if genes is not None and g not in genes:
-                    continue
                 mask |= 1 << index.setdefault(g, len(index))
             for c in self.children[t]:
                 mask |= bits[c]
@@ -86,9 +84,9 @@ def evidence_filter(state: FilterState, exclude_evidence: list[str]) -> None:
         state.records[t] = {r for r in recs if r[1] not in excluded}
 
 
-def containment_filter(state: FilterState, min_genes: int, genes: set[str] | None = None) -> None:
-    """Remove terms containing fewer than min_genes genes (counting only `genes` when given)."""
-    counts = {t: b.bit_count() for t, b in state.contained(genes).items()}
+def containment_filter(state: FilterState, min_genes: int) -> None:
+    """Remove terms containing fewer than min_genes genes (the records hold only the gene universe's genes)."""
+    counts = {t: b.bit_count() for t, b in state.contained().items()}
     if counts[state.root] < min_genes:
         raise EmptyHierarchyError(f"root {state.root} contains {counts[state.root]} genes, fewer than "
                                   f"min_genes={min_genes}: the hierarchy is empty after the containment filter")

@@ -171,15 +171,11 @@ def _check_last_epoch(client, winner: Winner, meta: dict) -> None:
 
 def rebuild_hierarchy(cfg):
     """The hierarchy of a resolved training config, through this process's hierarchy cache."""
-    from dcell_core.config import DCellConfig, cache_dir, compose, ontology_config
-    from dcell_core.data import dataset_genes
-    from dcell_core.ontology import load_hierarchy
+    from dcell_core.config import DCellConfig, cache_dir, compose
+    from dcell_core.data import load_run_hierarchy
 
     typed = OmegaConf.merge(OmegaConf.structured(DCellConfig), cfg)
-    onto = ontology_config(typed)
-    gcfg = OmegaConf.to_object(typed.data.genotypes)
-    universe = dataset_genes(gcfg, typed.base_dir) if onto.containment_genes == "dataset" else None
-    return load_hierarchy(onto, cache_dir(compose([])), typed.base_dir, gene_universe=universe)
+    return load_run_hierarchy(typed, cache_dir(compose([])))
 
 
 def _version_tags(winner: Winner, parent, info: dict) -> dict:
