@@ -22,7 +22,8 @@ import numpy as np
 from dcell_core.fileio import atomic_write_bytes
 from dcell_core.ontology.hierarchy import Hierarchy
 
-CACHE_FORMAT = 2  # bump when the stored arrays or their meaning change (2: a checksum over the arrays)
+CACHE_FORMAT = 3  # bump when the stored arrays or their meaning change (2: a checksum over the arrays;
+# 3: file sources keyed by a list of file hashes and the screen readers' settings, optional measurements)
 CHECKSUM = "content_sha256"  # the array that holds arrays_sha256 of the others
 
 

@@ -1,25 +1,37 @@
 """Typed configuration of the genotype data source (a Hydra structured config, `data` group).
 
 Every knob that changes the data a model sees is a field here, so that it is logged with the resolved config
-and enters the dataset cache key (`dataset.cache_key`).
+and enters the dataset cache key (`dataset.describe_source`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
-SOURCES = ("simulate", "sga", "table")
+SOURCES = ("simulate", "sga", "table", "kuzmin")
+FILE_SOURCES = ("sga", "table", "kuzmin")
+MULTI_FILE_SOURCES = ("sga", "kuzmin")  # sources whose `path` may list several files
+ALLELE_CLASSES = ("deletion", "damp", "other")  # sga.allele_class; the order is the stored class code
+REPEAT_POLICIES = ("keep", "mean")
+DEFAULT_NEUTRAL_GENES = ("YDL227C",)  # HO: the hoΔ marker in every Kuzmin query strain
 
 
 @dataclass
 class GenotypeConfig:
-    # Where genotypes come from: "simulate" (simulate.py), "sga" (Costanzo 2016 pair-wise release table)
-    # or "table" (generic CSV / TSV / Parquet with a gene-list column).
+    # Where genotypes come from: "simulate" (simulate.py), "sga" (Costanzo 2016 pair-wise release files),
+    # "kuzmin" (Kuzmin 2018 / 2020 digenic and trigenic release tables) or "table" (generic CSV / TSV / Parquet
+    # with a gene-list column).
     source: str = "simulate"
-    # File for "sga" / "table"; a relative path is resolved against the caller's base_dir. Unused by "simulate".
-    path: Optional[str] = None
+    # File for "sga" / "kuzmin" / "table"; "sga" and "kuzmin" also take a list of files (read in order, e.g. the
+    # four Costanzo 2016 files). Relative paths are resolved against the caller's base_dir. Unused by "simulate".
+    path: Any = None
+    # Where the files of this data config are published (shown when a file is missing); documentation only,
+    # it does not change the data and stays out of the cache key.
+    release: str = ""
     # Phenotype to predict. sga: "fitness" (= double mutant fitness, "dmf"), "epsilon", "dmf", "smf_query",
-    # "smf_array", "dmf_std", "pvalue"; table: a numeric column name; simulate: "fitness".
+    # "smf_array", "dmf_std", "pvalue"; kuzmin: "fitness" (double / triple mutant fitness), "epsilon_raw",
+    # "epsilon_adjusted" (epsilon of digenic, tau of trigenic rows), "pvalue", "query_fitness", "array_fitness",
+    # "fitness_std"; table: a numeric column name; simulate: "fitness".
     phenotype: str = "fitness"
     # table: the column holding the perturbed ORFs of a row, joined by `gene_separator` ("YAL001C+YBR002W").
     genes_column: str = "genes"
@@ -28,6 +40,27 @@ class GenotypeConfig:
     drop_unknown: bool = False
     # Drop rows whose phenotype cell is empty / NA (counted in the stats) instead of failing.
     drop_missing: bool = False
+    # Rows measuring the same gene set (reciprocal crosses, several alleles, both temperatures): "keep" every
+    # row (copies always share a split), or "mean": one row per gene set, phenotypes averaged, the number of
+    # measurements recorded per row. Either way the stats count the repeated gene sets and those whose rows mix
+    # allele classes or temperatures (the model sees genes only, not alleles or temperatures).
+    repeats: str = "keep"
+
+    # ---- sga (Costanzo 2016) -------------------------------------------------------------------------------
+    # Allele classes to keep (a row is kept when every strain in it is of a kept class): "deletion", "damp",
+    # "other" (temperature-sensitive and other alleles); rule in sga.allele_class and docs/genotypes.md.
+    alleles: List[str] = field(default_factory=lambda: list(ALLELE_CLASSES))
+    # Screen temperatures to keep (degrees C, from the Arraytype/Temp column: 26 or 30); null = every temperature.
+    temperatures: Optional[List[int]] = None
+    # Add one single-mutant row per (strain, temperature) from the SMF columns (fitness only).
+    singles: bool = False
+
+    # ---- kuzmin (Kuzmin 2018 / 2020) -------------------------------------------------------------------------
+    # Marker genes removed from every genotype (the hoΔ in each query strain): digenic rows become 2-gene and
+    # trigenic rows 3-gene genotypes.
+    neutral_genes: List[str] = field(default_factory=lambda: list(DEFAULT_NEUTRAL_GENES))
+    # Values of "Combined mutant type" to keep ("digenic", "trigenic"); null = every row.
+    mutant_types: Optional[List[str]] = None
 
     # ---- simulator (source == "simulate"); model documented in simulate.py and docs/genotypes.md ----------
     num_singles: int = -1  # single deletions; -1 = one per gene, else a sample of that many genes
@@ -49,18 +82,29 @@ class GenotypeConfig:
         """Raise one ValueError listing every invalid field with its value (see validate_config)."""
         validate_config(self)
 
+    def paths(self) -> list[str]:
+        """The configured file(s) as a list (empty for none)."""
+        if self.path is None or self.path == "":
+            return []
+        return [self.path] if isinstance(self.path, str) else [str(p) for p in self.path]
+
 
 def validate_config(cfg: GenotypeConfig) -> None:
     """Raise one ValueError listing every field whose value cannot work, with the value found."""
     problems = []
     if cfg.source not in SOURCES:
         problems.append(f"source: {cfg.source!r} not in {list(SOURCES)}")
-    if cfg.source in ("sga", "table") and not cfg.path:
-        problems.append(f"path: source {cfg.source!r} needs a file, got {cfg.path!r}")
+    problems += _path_problems(cfg)
     if cfg.source == "simulate" and cfg.phenotype != "fitness":
         problems.append(f"phenotype: the simulator produces 'fitness' only, got {cfg.phenotype!r}")
     if not cfg.gene_separator:
         problems.append("gene_separator: must be a non-empty string")
+    if cfg.repeats not in REPEAT_POLICIES:
+        problems.append(f"repeats: {cfg.repeats!r} not in {list(REPEAT_POLICIES)}")
+    elif cfg.source == "simulate" and cfg.repeats != "keep":
+        problems.append(f"repeats: {cfg.repeats!r} applies to genotype files; the simulator draws distinct "
+                        "genotypes (use keep)")
+    problems += _sga_problems(cfg) + _kuzmin_problems(cfg)
     problems += [f"{n}: must be >= 0, got {getattr(cfg, n)}" for n in ("num_doubles", "num_triples",
                                                                       "weight_scale", "noise_std")
                  if getattr(cfg, n) < 0]
@@ -78,3 +122,45 @@ def validate_config(cfg: GenotypeConfig) -> None:
         problems.append(f"hill: must be > 0, got {cfg.hill}")
     if problems:
         raise ValueError("invalid genotype config: " + "; ".join(problems))
+
+
+def _path_problems(cfg: GenotypeConfig) -> list[str]:
+    path = cfg.path
+    if path is not None and not isinstance(path, str) and not (
+            isinstance(path, (list, tuple)) and all(isinstance(p, str) for p in path)):
+        return [f"path: expected a file name or a list of file names, got {path!r}"]
+    if cfg.source in FILE_SOURCES and (not cfg.paths() or any(not p.strip() for p in cfg.paths())):
+        return [f"path: source {cfg.source!r} needs a file, got {path!r}"]
+    if cfg.source in FILE_SOURCES and cfg.source not in MULTI_FILE_SOURCES and not isinstance(path, str):
+        return [f"path: source {cfg.source!r} reads one file, got the list {list(path)}"]
+    return []
+
+
+def _sga_problems(cfg: GenotypeConfig) -> list[str]:
+    problems = []
+    bad = [a for a in cfg.alleles if a not in ALLELE_CLASSES]
+    if bad or not cfg.alleles:
+        problems.append(f"alleles: {list(cfg.alleles)} must be a non-empty subset of {list(ALLELE_CLASSES)}")
+    if cfg.temperatures is not None and not cfg.temperatures:
+        problems.append("temperatures: an empty list keeps nothing; use null for every temperature")
+    if cfg.source != "sga":
+        changed = [n for n, v in (("alleles", sorted(cfg.alleles) != sorted(ALLELE_CLASSES)),
+                                  ("temperatures", cfg.temperatures is not None), ("singles", cfg.singles)) if v]
+        problems += [f"{n}: applies to source 'sga' only, not {cfg.source!r}" for n in changed]
+    elif cfg.singles and cfg.phenotype not in ("fitness", "dmf"):
+        problems.append(f"singles: single-mutant rows carry fitness only; phenotype {cfg.phenotype!r} would be "
+                        "missing in them (use phenotype fitness or singles false)")
+    return problems
+
+
+def _kuzmin_problems(cfg: GenotypeConfig) -> list[str]:
+    problems = []
+    if any(not str(g).strip() for g in cfg.neutral_genes):
+        problems.append(f"neutral_genes: empty gene name in {list(cfg.neutral_genes)}")
+    if cfg.mutant_types is not None and (not cfg.mutant_types or any(not str(t).strip() for t in cfg.mutant_types)):
+        problems.append(f"mutant_types: {list(cfg.mutant_types)} must be null (every row) or non-empty names")
+    if cfg.source != "kuzmin":
+        changed = [n for n, v in (("neutral_genes", list(cfg.neutral_genes) != list(DEFAULT_NEUTRAL_GENES)),
+                                  ("mutant_types", cfg.mutant_types is not None)) if v]
+        problems += [f"{n}: applies to source 'kuzmin' only, not {cfg.source!r}" for n in changed]
+    return problems

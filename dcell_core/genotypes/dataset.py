@@ -13,18 +13,21 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
-from dcell_core.fileio import file_sha256, warn_cache_rebuilt
+from dcell_core.fileio import warn_cache_rebuilt
 from dcell_core.ontology.build import resolve_path as resolve_config_path
 from dcell_core.ontology.hierarchy import Hierarchy
 
 from . import cache
 from .config import GenotypeConfig, validate_config
-from .csr import GenotypeDataError, row_of_entries, validate_csr
-from .readers import GenotypeTable, read_sga, read_table, sga_phenotype_column
-from .simulate import simulate_genotypes, simulation_settings
+from .csr import GenotypeDataError, validate_csr
+from .simulate import simulate_genotypes
+from .sources import describe_source, read_source, resolve_paths, target_column
 from .splits import SPLIT_NAMES, split_rows, validate_splits
+from .table import GenotypeTable
+
+__all__ = ["GenotypeDataset", "build_dataset", "describe_source", "load_or_build_dataset", "resolve_path",
+           "table_csr"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +39,7 @@ class GenotypeDataset:
     phenotype_names: tuple[str, ...]  # one name per phenotype column
     splits: Mapping[str, np.ndarray]  # "train" / "val" / "test" -> sorted int64 row indices
     meta: Mapping = dataclasses.field(default_factory=dict)  # cache key, source, reader / simulator stats
+    measurements: np.ndarray | None = None  # int32 [N] rows averaged into each row (repeats="mean"), else None
 
     def __post_init__(self) -> None:
         validate_csr(self.gene_indices, self.offsets, self.num_genes)
@@ -53,6 +57,11 @@ class GenotypeDataset:
             row = int(np.argmin(finite))
             raise GenotypeDataError(f"genotype row {row} has a non-finite phenotype {self.phenotypes[row]}")
         validate_splits(dict(self.splits), n_rows)
+        if self.measurements is not None and (self.measurements.shape != (n_rows,) or
+                                              not np.issubdtype(self.measurements.dtype, np.integer) or
+                                              (n_rows and self.measurements.min() < 1)):
+            raise GenotypeDataError(f"measurements must be integers >= 1, one per genotype ({n_rows}), got "
+                                    f"{self.measurements.dtype} {self.measurements.shape}")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -68,6 +77,8 @@ class GenotypeDataset:
                "phenotype_names": np.array(self.phenotype_names, dtype=str),
                "meta_json": np.array(json.dumps(dict(self.meta), sort_keys=True))}
         out.update({f"split_{name}": self.splits[name] for name in SPLIT_NAMES})
+        if self.measurements is not None:
+            out["measurements"] = self.measurements
         return out
 
     @classmethod
@@ -77,25 +88,13 @@ class GenotypeDataset:
             gene_indices=arrays["gene_indices"], offsets=arrays["offsets"], phenotypes=arrays["phenotypes"],
             num_genes=int(arrays["num_genes"]), phenotype_names=tuple(arrays["phenotype_names"].tolist()),
             splits={name: arrays[f"split_{name}"] for name in SPLIT_NAMES},
-            meta=json.loads(str(arrays["meta_json"])),
+            meta=json.loads(str(arrays["meta_json"])), measurements=arrays.get("measurements"),
         )
 
 
-def describe_source(cfg: GenotypeConfig, base_dir: str | Path | None) -> dict:
-    """What determines the genotypes (enters the cache key): simulator settings, or the file's sha256 plus
-    the reader settings. The path is left out, so a moved, unchanged file keeps its key (meta records it)."""
-    if cfg.source == "simulate":
-        return {"kind": "simulate", "phenotype": cfg.phenotype, **simulation_settings(cfg)}
-    path = resolve_path(cfg.path, base_dir)
-    spec = {"kind": cfg.source, "file_sha256": file_sha256(path), "phenotype": cfg.phenotype,
-            "drop_unknown": cfg.drop_unknown, "drop_missing": cfg.drop_missing}
-    if cfg.source == "table":
-        spec.update(genes_column=cfg.genes_column, gene_separator=cfg.gene_separator)
-    return spec
-
-
 def resolve_path(path: str | None, base_dir: str | Path | None) -> Path:
-    """Path of a configured genotype file, resolved like the ontology's files; it must exist."""
+    """Path of one configured genotype file, resolved like the ontology's files; it must exist
+    (sources.resolve_paths resolves a data config's files, one or several)."""
     if not path:
         raise ValueError("genotype source needs a file path, got none")
     resolved = resolve_config_path(path, base_dir)
@@ -111,24 +110,27 @@ def build_dataset(hierarchy: Hierarchy, cfg: GenotypeConfig, base_dir: str | Pat
     `key` and `source` (describe_source's result, computed when not given) are recorded in meta."""
     validate_config(cfg)
     source = describe_source(cfg, base_dir) if source is None else source
+    measurements = None
     if cfg.source == "simulate":
         sim = simulate_genotypes(hierarchy, cfg)
         gene_indices, offsets = sim.gene_indices, sim.offsets
-        phenotypes, stats = sim.fitness.astype(np.float32), sim.stats
+        phenotypes, stats, files = sim.fitness.astype(np.float32), sim.stats, None
         names: tuple[str, ...] = ("fitness",)
     else:
-        file = resolve_path(cfg.path, base_dir)
-        table = _read_source(hierarchy, cfg, file)
-        column = sga_phenotype_column(cfg.phenotype) if cfg.source == "sga" else cfg.phenotype
-        gene_indices, offsets = _table_csr(table.frame["genes"], hierarchy.gene_index)
-        phenotypes, stats, names = table.frame[column].to_numpy(np.float32), table.stats, (cfg.phenotype,)
+        table = read_source(cfg, base_dir, hierarchy.gene_index)
+        gene_indices, offsets = table_csr(table, hierarchy.gene_index)
+        phenotypes = table.data[target_column(cfg)].to_numpy(np.float32)
+        stats, names, files = table.stats, (cfg.phenotype,), [str(p) for p in resolve_paths(cfg, base_dir)]
+        if "measurements" in table.data:
+            measurements = table.data["measurements"].to_numpy(np.int32)
     if len(phenotypes) == 0:
         raise GenotypeDataError(f"no genotypes left to build a dataset from ({cfg.source}, stats {stats})")
     splits = split_rows(gene_indices, offsets, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     meta = {"key": key, "source": dict(source), "stats": _jsonable(stats),
-            "source_path": None if cfg.source == "simulate" else str(file),
+            "source_path": files[0] if files and len(files) == 1 else files,
             "hierarchy": cache.hierarchy_digest(hierarchy), "split_sizes": {n: len(r) for n, r in splits.items()}}
-    return GenotypeDataset(gene_indices, offsets, phenotypes, hierarchy.num_genes, names, splits, meta)
+    return GenotypeDataset(gene_indices, offsets, phenotypes, hierarchy.num_genes, names, splits, meta,
+                           measurements)
 
 
 def load_or_build_dataset(hierarchy: Hierarchy, cfg: GenotypeConfig, cache_dir: str | Path,
@@ -171,22 +173,19 @@ def _read_cached(path: Path, key: str, num_genes: int) -> GenotypeDataset:
     return dataset
 
 
-def _read_source(hierarchy: Hierarchy, cfg: GenotypeConfig, path: Path) -> GenotypeTable:
-    known = hierarchy.gene_index
-    if cfg.source == "sga":
-        return read_sga(path, known, cfg.phenotype, cfg.drop_unknown, cfg.drop_missing)
-    return read_table(path, cfg.phenotype, known, cfg.genes_column, cfg.gene_separator, cfg.drop_unknown,
-                      cfg.drop_missing)
-
-
-def _table_csr(genes: pd.Series, gene_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """CSR gene indices from a column of ORF tuples (all known: the readers checked), rows sorted by index."""
-    lengths = genes.map(len).to_numpy(dtype=np.int64)
+def table_csr(table: GenotypeTable, gene_index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR hierarchy gene indices (int64 [nnz], offsets [N + 1]) of a table whose genes are all known (the
+    readers checked), each row sorted by index; vectorized over the table's gene codes."""
+    lookup = np.array([gene_index.get(g, -1) for g in table.gene_names.tolist()] + [-1], dtype=np.int64)
+    mapped = lookup[table.genes]  # [N, K]; padding (-1) -> -1
+    if (mapped[table.genes >= 0] < 0).any():
+        raise GenotypeDataError("a table row names a gene outside the hierarchy (the reader's gene check was skipped)")
+    big = np.iinfo(np.int64).max
+    mapped = np.sort(np.where(mapped < 0, big, mapped), axis=1)  # known genes first, ascending
+    lengths = (mapped != big).sum(axis=1)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = genes.explode().map(gene_index).to_numpy(dtype=np.int64)  # [nnz], in row order
-    order = np.lexsort((flat, row_of_entries(offsets)))  # by row, then gene index
-    return flat[order], offsets
+    return mapped[mapped != big].astype(np.int64), offsets
 
 
 def _jsonable(value):
