@@ -11,6 +11,7 @@ g13's only annotation is IGI, so it is annotated but not in the hierarchy.
 """
 from __future__ import annotations
 
+import json
 
 import pytest
 import torch
@@ -177,7 +178,34 @@ def test_dataset_universe_refuses_simulated_genotypes(tmp_path):
 def test_cli_says_what_to_write_for_removed_or_unusable_settings(tmp_path):
     env = env_for(tmp_path / "cache")
     for args, needle in [(["data.ontology.containment_genes=dataset"], "write data.ontology.gene_universe=dataset"),
-                         (["data.ontology.gene_universe=dataset"], "gene_universe=dataset needs genotypes read from")]:
+                         (["data.ontology.gene_universe=dataset"], "gene_universe=dataset needs genotypes read from"),
+                         (["data=yeast_go_paper"], "gene_universe=dataset needs genotypes read from")]:
         r = run_python("-m", "dcell_core.ontology", *args, env=env)
         assert r.returncode == 2 and needle in r.stderr, (args, r.returncode, r.stderr[-2000:])
 
+
+# The DCell paper's yeast hierarchy (Ma et al. 2018): 2,526 terms, 97,181 neurons, widths 20 to 1,075; a root
+# width of 1,075 = ceil(0.3 x genes) means 3,580 to 3,583 genes, hence the 3,582-gene universe.
+PAPER_TERMS, PAPER_NEURONS, PAPER_ROOT_WIDTH, PAPER_GENES = 2526, 97181, 1075, 3582
+
+
+def test_paper_hierarchy_over_a_seeded_3582_gene_universe(tmp_path):
+    """The documented command: scripts/sample_universe.py, then the ontology CLI on yeast_go_paper with that file."""
+    from dcell_core.ontology.hierarchy import paper_width
+
+    env = env_for(tmp_path / "cache")
+    genes = tmp_path / "genes.txt"
+    r = run_python("scripts/sample_universe.py", "--out", str(genes), "--size", str(PAPER_GENES), "--seed", "0",
+                   env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(read_gene_list(genes)) == PAPER_GENES
+    r = run_python("-m", "dcell_core.ontology", "data=yeast_go_paper", f"data.ontology.gene_universe={genes}",
+                   "--json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert [s["step"] for s in out["filters"]] == ["evidence", "containment", "redundancy", "drop_empty"]
+    assert out["genes"] == PAPER_GENES and out["universe"]["unannotated"] == 0
+    assert abs(out["terms"] - PAPER_TERMS) <= 0.1 * PAPER_TERMS, out["terms"]
+    assert abs(out["neurons"] - PAPER_NEURONS) <= 0.1 * PAPER_NEURONS, out["neurons"]
+    assert out["root_width"] == out["max_width"] == paper_width(PAPER_GENES) == PAPER_ROOT_WIDTH
+    assert out["min_width"] == 20
