@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .config import REPEAT_POLICIES
+from .splits import row_keys
 from .table import GenotypeTable
 
 CONDITION_COLUMNS = ("alleles", "temperature", "mutant_type")
@@ -24,13 +25,10 @@ CONDITION_COLUMNS = ("alleles", "temperature", "mutant_type")
 
 def genotype_keys(genes: np.ndarray, num_names: int) -> np.ndarray:
     """One int64 per row, equal exactly for equal gene sets (rows of sorted codes, -1 padded) [N]."""
-    base = num_names + 1  # code -1 -> digit 0
-    if base ** genes.shape[1] < 2 ** 62:
-        key = np.zeros(len(genes), dtype=np.int64)
-        for column in range(genes.shape[1]):
-            key = key * base + (genes[:, column].astype(np.int64) + 1)
-        return key
-    return np.unique(genes, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    key = row_keys(genes, num_names + 1)
+    if key is None:
+        return np.unique(genes, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return key
 
 
 def apply_repeats(table: GenotypeTable, policy: str) -> GenotypeTable:

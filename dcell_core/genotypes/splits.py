@@ -12,8 +12,20 @@ from .csr import GenotypeDataError, row_of_entries
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def row_keys(padded: np.ndarray, base: int) -> np.ndarray | None:
+    """One int64 per row of `padded` (int [N, L], entries in [-1, base - 1], -1 = no gene), equal exactly for
+    equal rows and ordered like the rows' lexicographic order; None when base**L does not fit in int64."""
+    if float(base) ** padded.shape[1] >= 2.0 ** 62:
+        return None
+    key = np.zeros(len(padded), dtype=np.int64)
+    for column in range(padded.shape[1]):  # most significant digit first: the lexicographic order
+        key = key * base + (padded[:, column].astype(np.int64) + 1)
+    return key
+
+
 def genotype_groups(gene_indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Group id per row, int64 [N]: rows with equal (sorted) gene sets get the same id."""
+    """Group id per row, int64 [N]: rows with equal (sorted) gene sets get the same id, numbered in the
+    lexicographic order of the gene sets."""
     n_rows = len(offsets) - 1
     if n_rows == 0:
         return np.zeros(0, dtype=np.int64)
@@ -21,7 +33,14 @@ def genotype_groups(gene_indices: np.ndarray, offsets: np.ndarray) -> np.ndarray
     padded = np.full((n_rows, int(lengths.max())), -1, dtype=np.int64)  # [N, L], -1 = no gene
     rank = np.arange(len(gene_indices)) - np.repeat(offsets[:-1], lengths)
     padded[row_of_entries(offsets), rank] = gene_indices
-    return np.unique(padded, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    key = row_keys(padded, int(gene_indices.max()) + 2)
+    if key is None:  # very long genotypes: compare whole rows
+        return np.unique(padded, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    ids = np.empty(n_rows, dtype=np.int64)
+    ids[order] = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    return ids
 
 
 def split_rows(gene_indices: np.ndarray, offsets: np.ndarray, val_fraction: float, test_fraction: float,
