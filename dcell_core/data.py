@@ -7,8 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dcell_core.config import cache_dir, ontology_config
-from dcell_core.genotypes import GenotypeConfig, GenotypeDataset, load_or_build_dataset, read_sga, read_table
-from dcell_core.genotypes.dataset import resolve_path
+from dcell_core.genotypes import GenotypeConfig, GenotypeDataset, genotype_genes, load_or_build_dataset
 from dcell_core.ontology import Hierarchy, load_hierarchy
 
 
@@ -18,24 +17,16 @@ class RunData:
     dataset: GenotypeDataset
 
 
-def dataset_genes(gcfg: GenotypeConfig, base_dir: str | None) -> frozenset[str]:
-    """Every gene disrupted in at least one genotype of the configured file (data.ontology.gene_universe=dataset),
-    read with the data config's own reader settings."""
+def dataset_genes(gcfg: GenotypeConfig, base_dir: str | None, cache: str | Path | None = None) -> frozenset[str]:
+    """Every gene disrupted in at least one genotype the configured file source keeps
+    (data.ontology.gene_universe=dataset), read by the genotype readers with the data config's own settings;
+    cached under `cache` when given (genotypes.genotype_genes)."""
     if gcfg.source == "simulate":
         raise ValueError("data.ontology.gene_universe=dataset needs genotypes read from a file (data.genotypes.source "
                          "and data.genotypes.path), but data.genotypes.source=simulate: the simulator draws its "
                          "genotypes from the hierarchy's genes, so they cannot define them. Set a genotype file, or "
                          "data.ontology.gene_universe=annotated or =FILE (a text file of ORFs, one per line)")
-    path = resolve_path(gcfg.path, base_dir)
-    if gcfg.source == "sga":
-        table = read_sga(path, None, gcfg.phenotype, drop_missing=gcfg.drop_missing)
-    elif gcfg.source == "table":
-        table = read_table(path, gcfg.phenotype, None, gcfg.genes_column, gcfg.gene_separator,
-                           drop_missing=gcfg.drop_missing)
-    else:
-        raise ValueError(f"data.ontology.gene_universe=dataset: no gene reader for data.genotypes.source="
-                         f"{gcfg.source!r}")
-    return frozenset(g for genes in table.frame["genes"] for g in genes)
+    return genotype_genes(gcfg, base_dir, cache)
 
 
 def load_run_hierarchy(cfg: DictConfig, cache: str | Path | None) -> Hierarchy:
@@ -44,7 +35,7 @@ def load_run_hierarchy(cfg: DictConfig, cache: str | Path | None) -> Hierarchy:
     onto = ontology_config(cfg)
     genes = None
     if onto.gene_universe == "dataset":
-        genes = dataset_genes(OmegaConf.to_object(cfg.data.genotypes), cfg.base_dir)
+        genes = dataset_genes(OmegaConf.to_object(cfg.data.genotypes), cfg.base_dir, cache)
     return load_hierarchy(onto, cache, cfg.base_dir, dataset_genes=genes)
 
 

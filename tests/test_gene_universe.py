@@ -209,3 +209,39 @@ def test_paper_hierarchy_over_a_seeded_3582_gene_universe(tmp_path):
     assert abs(out["neurons"] - PAPER_NEURONS) <= 0.1 * PAPER_NEURONS, out["neurons"]
     assert out["root_width"] == out["max_width"] == paper_width(PAPER_GENES) == PAPER_ROOT_WIDTH
     assert out["min_width"] == 20
+
+
+KUZMIN_HEADER = ["Query strain ID", "Query allele name", "Array strain ID", "Array allele name", "Combined mutant type",
+                 "Raw genetic interaction score (epsilon)", "Adjusted genetic interaction score (epsilon or tau)",
+                 "P-value", "Query single/double mutant fitness", "Array single mutant fitness",
+                 "Double/triple mutant fitness", "Double/triple mutant fitness standard deviation"]
+
+
+def test_kuzmin_data_config_builds_the_paper_hierarchy_over_the_screen_genes(tmp_path):
+    """data=kuzmin2018 (yeast_go_paper, gene_universe=dataset) on a small file in the release format: the
+    hierarchy's genes are the screen's, without the hoΔ marker (YDL227C); an ORF without annotation is counted."""
+    from dcell_core.config import cache_dir, compose
+    from dcell_core.data import load_run_data, load_run_hierarchy
+    from dcell_core.ontology import read_sgd_genbank, resolve_path
+
+    usable = sorted({r.gene for r in read_sgd_genbank(resolve_path("snapshot:sgd_go.gb.gz")).records
+                     if r.evidence not in ("IGI", "ND")} - {"YDL227C"})
+    a, b, c, d, e, f, g, h8 = usable[:8]
+    rows = [(f"{a}+YDL227C_tm1", f"{b}_dma1", "digenic"), (f"{c}+YDL227C_tm2", f"{d}_dma2", "digenic"),
+            (f"{e}+{f}_tm3", f"{g}_dma3", "trigenic"), (f"{a}+{c}_tm4", f"{h8}_dma4", "trigenic"),
+            (f"{b}+YDL227C_tm5", "YZZ999W_dma5", "digenic")]  # YZZ999W: an ORF-shaped name without annotation
+    lines = ["\t".join(KUZMIN_HEADER)] + ["\t".join([q, "x", arr, "y", kind, "-0.1", "-0.1", "0.01", "0.9", "0.9",
+                                                     "0.7", "0.02"]) for q, arr, kind in rows]
+    screen = tmp_path / "aao1729_Data_S1.tsv"
+    screen.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    cfg = compose(["data=kuzmin2018", f"data.genotypes.path={screen}", f"cache_dir={tmp_path / 'cache'}"])
+    hierarchy = load_run_hierarchy(cfg, cache_dir(cfg))
+    u = hierarchy.provenance["universe"]
+    assert (u["kind"], u["genes"], u["unannotated_examples"]) == ("dataset", 9, ["YZZ999W"])
+    assert set(hierarchy.genes) <= set(usable[:8]) and "YDL227C" not in hierarchy.genes
+    assert u["in_hierarchy"] == hierarchy.num_genes >= 6
+    data = load_run_data(cfg)
+    assert data.hierarchy.fingerprint == hierarchy.fingerprint
+    kept = [q for q, arr, _ in rows
+            if set(q.split("_")[0].split("+") + [arr.split("_")[0]]) - {"YDL227C"} <= set(hierarchy.genes)]
+    assert len(data.dataset) == len(kept) < len(rows)  # rows naming genes outside the hierarchy (YZZ999W) dropped
