@@ -467,3 +467,18 @@ def test_genotypes_cli_text_and_usage_errors(tmp_path):
     assert r.returncode == 2 and "unknown Kuzmin phenotype 'tau'" in r.stderr
     r = run_python(*base, "data.genotypes.no_such_knob=1", env=env)
     assert r.returncode == 2 and "no_such_knob" in r.stderr
+
+
+# ---- the read benchmark, small ----------------------------------------------------------------------------
+def test_screen_read_benchmark_small_run_reads_every_row_it_wrote():
+    rows = 3000
+    r = run_python("-m", "benchmarks.screen_read", "--rows", str(rows), "--json", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["rows"] == rows == sum(out["files"].values()) and set(out["files"]) == {
+        "SGA_ExE.txt", "SGA_NxN.txt", "SGA_ExN_NxE.txt"}
+    assert out["dropped"] == {"dropped_alleles": 0, "dropped_temperature": 0, "dropped_missing": 0,
+                              "dropped_unknown": 0}
+    assert sum(out["split_sizes"].values()) == rows and out["within_budget"] is True
+    assert 0 < out["baseline_gib"] <= out["read_peak_gib"] <= out["dataset_peak_gib"] < out["budget_gib"]
+    assert out["machine"]["cpu"] and out["machine"]["nproc"] >= 1
