@@ -83,9 +83,10 @@ def read_text_chunks(path: str | Path, header_line: int, columns: Mapping[str, s
             yield chunk.rename(columns=raw_names), header_line + 1 + done + np.arange(len(chunk), dtype=np.int64)
             done += len(chunk)
         return
-    except ValueError as exc:  # a cell the typed parse refused: go on as text from the failing chunk
-        if isinstance(exc, pd.errors.ParserError):
-            raise _parser_error(path, exc) from exc
+    except GenotypeFileError:
+        raise
+    except ValueError:  # a cell the typed parse refused: go on as text from the failing chunk
+        pass
     for chunk in _pandas_chunks(path, header_line, columns, text, numeric, chunk_rows, typed=False, skip=done):
         yield chunk.rename(columns=raw_names), header_line + 1 + done + np.arange(len(chunk), dtype=np.int64)
         done += len(chunk)
@@ -108,7 +109,8 @@ def _pandas_chunks(path, header_line, columns, text, numeric, chunk_rows, typed:
     else:
         options.update(header=0, skiprows=header_line - 1)
     try:
-        yield from pd.read_csv(path, **options)
+        with pd.read_csv(path, **options) as reader:
+            yield from reader
     except UnicodeDecodeError as exc:
         raise GenotypeFileError(path, f"not UTF-8 text ({exc})") from exc
     except pd.errors.ParserError as exc:
