@@ -291,6 +291,17 @@ def test_kuzmin_xlsx_with_title_row_reads_like_the_tsv(tmp_path):
         read_kuzmin(path)
 
 
+def test_kuzmin_text_with_a_title_line_counts_lines_from_the_top(tmp_path):
+    title = "Table S1. Raw genetic interaction dataset."
+    table = read_kuzmin(write_tsv(tmp_path / "t.tsv", KUZMIN_HEADER, KUZMIN, title=title))
+    assert table.data["line"].tolist() == [line + 1 for line, _, _ in _expected_kuzmin()]
+    rows = [list(r) for r in KUZMIN]
+    rows[1][9] = " NA "  # the typed parse refuses it: the rest is read as text, lines still counted from the top
+    rows[4] = rows[4] + ["surplus"]
+    with pytest.raises(GenotypeFileError, match=r"t2.tsv, line 7: cannot parse .*Expected 12 fields in line 7"):
+        read_kuzmin(write_tsv(tmp_path / "t2.tsv", KUZMIN_HEADER, rows, title=title), chunk_rows=2)
+
+
 def test_kuzmin_filters_and_markers(tmp_path):
     path = write_tsv(tmp_path / "k.tsv", KUZMIN_HEADER, KUZMIN)
     trigenic = read_kuzmin(path, mutant_types=["trigenic"])

@@ -127,7 +127,7 @@ def _header_cells(path: str | Path, header_line: int) -> list[str]:
 def _parser_error(path: str | Path, exc: Exception) -> GenotypeFileError:
     """pandas' tokenizer message ("Expected 11 fields in line 7, saw 12") with the file named."""
     match = re.search(r"in line (\d+)", str(exc))
-    return GenotypeFileError(path, f"cannot parse as tab-separated text ({exc})",
+    return GenotypeFileError(path, f"cannot parse as tab-separated text ({str(exc).strip()})",
                              int(match.group(1)) if match else None)
 
 
