@@ -7,8 +7,6 @@ error, before anything was recorded. The table is in docs/searching.md.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -56,16 +54,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --{flag.replace('_', '-')} must be >= {least}, got {value}", file=sys.stderr)
             return USAGE_EXIT
     from dcell_core.search.cluster import ClusterMismatch
-    from dcell_core.search.driver import SearchRequest, SearchUsageError, run_search
+    from dcell_core.search.driver import SearchRequest, SearchUsageError, run_search, sigterm_as_interrupt
     from dcell_core.search.tracking import TrackingUnavailable
 
     req = SearchRequest(file=args.file, overrides=list(args.overrides), num_samples=args.num_samples,
                         max_concurrent=args.max_concurrent, address=args.address, tracking_uri=args.tracking_uri,
                         name=args.name, resume=args.resume, project_dir=args.project_dir,
                         max_failures=args.max_failures, verbose=args.verbose)
-    # SIGTERM (a scheduler's or a container's stop) is handled as Ctrl-C: Tune ends the run cleanly, and the parent
-    # run is closed as interrupted, never left RUNNING.
-    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    sigterm_as_interrupt()
     try:
         outcome = run_search(req)
     except (SearchUsageError, TrackingUnavailable, ClusterMismatch) as e:

@@ -73,7 +73,7 @@ class SearchOutcome:
 
 def run_search(req: SearchRequest) -> SearchOutcome:
     from dcell_core.search.console import quiet_console
-    from dcell_core.search.lease import Lease, SearchOwned
+    from dcell_core.search.lease import Lease
     from dcell_core.search.preflight import NotWritable, check_writable
     from dcell_core.search.space import SearchSpaceError, load_search_space
 
@@ -121,14 +121,10 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         parent = _resumed_parent(client, tracking_uri, state)
         if parent.data.tags.get(ledger.TAG_OUTCOME) == "completed":
             return _already_completed(client, state, space, parent, tracking_uri, exp_dir, out)
-    lease = Lease(exp_dir)
-    try:
-        owner = lease.acquire()
-    except SearchOwned as e:
-        raise SearchUsageError(str(e)) from e
+    lease = Lease(exp_dir)  # taken once the tracking store and the cluster passed their checks
     try:
         return _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides, tracking_uri, client,
-                          lease, owner, project)
+                          lease, project)
     finally:
         lease.release()
         if lease.renew_error:
@@ -136,23 +132,29 @@ def run_search(req: SearchRequest) -> SearchOutcome:
                   "may have taken the search over", file=sys.stderr)
 
 
-def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides, tracking_uri, client, lease, owner,
+def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides, tracking_uri, client, lease,
                project) -> SearchOutcome:
     import ray
 
     from dcell_core.search import cluster
-    from dcell_core.search.lease import describe
+    from dcell_core.search.lease import SearchOwned, describe
     from dcell_core.search.space import format_override_value
 
     out = req.stream
     if req.address:  # the cluster's tracking checks need its nodes: connect before anything is recorded
         cluster.connect(req.address, req.verbose)
+        sigterm_as_interrupt()
     try:
         cluster.check_tracking(req.address, tracking_uri, space.resources.cpu, space.resources.gpu)
         if client is None:  # a new search: the store is opened (a sqlite file created) only once the cluster fits
             client = tracking.check_reachable(tracking_uri)
+        try:
+            owner = lease.acquire()
+        except SearchOwned as e:
+            raise SearchUsageError(str(e)) from e
         if not req.address:  # a local Ray starts only once the tracking store answered
             cluster.connect(None, req.verbose)
+            sigterm_as_interrupt()
 
         from dcell_core.config import compose
         from dcell_core.data import load_run_data
@@ -258,6 +260,17 @@ def _fit(req, space, exp_dir: Path, resuming: bool, tracking_uri: str, exp_id: s
             reuse_actors=True))
     results = tuner.fit()
     return len(results) == total and results.num_terminated + results.num_errors == total
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's or a container's stop) handled as Ctrl-C: Tune ends the run cleanly and the parent
+    run is closed as interrupted. Set again after ray.init, which installs its own SIGTERM handler (it exits the
+    driver at once, leaving the parent to be recorded as crashed)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
 def expected_trials(space, num_samples: int) -> int:

@@ -107,6 +107,9 @@ class Lease:
                 self.renew_error = f"{type(e).__name__}: {e}"
 
     def release(self) -> None:
+        """Stop renewing and remove the lease file if it is still this driver's; nothing when never acquired."""
+        if self.owner is None:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
