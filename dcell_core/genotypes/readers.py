@@ -46,18 +46,7 @@ def read_table(
     names = (phenotypes,) if isinstance(phenotypes, str) else tuple(phenotypes)
     if not names:
         raise ValueError(f"{path}: read_table needs at least one phenotype column")
-    raw, first, unit = _read_raw(path, sep=_separator_for(path))
-    missing = [c for c in [genes_column, *names] if c not in raw.columns]
-    if missing:
-        have = ", ".join(repr(c) for c in raw.columns)
-        raise GenotypeFileError(path, f"missing column {missing[0]!r} (header has {have})",
-                                None if unit == "row" else 1)
-    stats: dict = {"rows_read": len(raw), "blank_lines": 0}
-    if unit == "line" and not raw.empty:  # fully empty text lines carry no record: skipped and counted
-        blank = raw.eq("").all(axis=1).to_numpy()
-        stats["blank_lines"] = int(blank.sum())
-        raw = raw[~blank]
-    lines = np.asarray(raw.index, dtype=np.int64) + first
+    raw, lines, unit, stats = read_rows(path, [genes_column, *names])
 
     def error(row: int, problem: str, value: object = None) -> GenotypeFileError:
         return GenotypeFileError(path, problem, int(lines[row]), value, unit)
@@ -76,6 +65,23 @@ def read_table(
             raise error(row, f"non-numeric value in column {name!r}", raw[name].iat[row])
     table = build_table([str(path)], genes.names, codes, pd.DataFrame(data), names, stats, unit)
     return finish(table, list(names), known_genes, drop_unknown, drop_missing)
+
+
+def read_rows(path: str | Path, required: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, str, dict]:
+    """(cells, the line or Parquet row of each, "line" or "row", stats) of a generic table whose header has every
+    `required` column; fully empty text lines carry no record: they are skipped and counted."""
+    raw, first, unit = _read_raw(path, sep=_separator_for(path))
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        have = ", ".join(repr(c) for c in raw.columns)
+        raise GenotypeFileError(path, f"missing column {missing[0]!r} (header has {have})",
+                                None if unit == "row" else 1)
+    stats: dict = {"rows_read": len(raw), "blank_lines": 0}
+    if unit == "line" and not raw.empty:
+        blank = raw.eq("").all(axis=1).to_numpy()
+        stats["blank_lines"] = int(blank.sum())
+        raw = raw[~blank]
+    return raw, np.asarray(raw.index, dtype=np.int64) + first, unit, stats
 
 
 def _separator_for(path: str | Path) -> str | None:

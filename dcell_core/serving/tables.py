@@ -11,8 +11,7 @@ from typing import Sequence
 import pandas as pd
 
 from dcell_core.fileio import atomic_write_bytes
-from dcell_core.genotypes.readers import (TEXT_SEPARATORS, GenotypeFileError, _drop_blank_rows, _gene_lists,
-                                          _read_raw, _require_columns, _separator_for)
+from dcell_core.genotypes.readers import TEXT_SEPARATORS, GenotypeFileError, _gene_lists, _separator_for, read_rows
 from dcell_core.serving.inference import PredictInputError, Subsystem
 
 
@@ -29,20 +28,21 @@ def parse_gene_list(text: str) -> tuple[str, ...]:
 def read_genotypes(path: Path, genes_column: str = "genes",
                    separator: str = "+") -> tuple[pd.DataFrame, list[int], list[tuple[str, ...]]]:
     """(the file's rows as text, blank lines dropped; each row's line in the file; each row's genes)."""
-    sep = _separator_for(path)
-    if sep is None:
+    if _separator_for(path) is None:
         raise GenotypeFileError(path, "prediction input must be a text table (.csv, .tsv, .tab, .txt)")
     if not Path(path).is_file():
         raise PredictInputError(f"--input {path}: {'not a file' if Path(path).exists() else 'no such file'}")
     try:
-        raw, loc = _read_raw(path, sep)
+        raw, lines, unit, _ = read_rows(path, [genes_column])
     except pd.errors.EmptyDataError as e:
         raise PredictInputError(f"--input {path}: empty file (expected a header line with a {genes_column!r} "
                                 "column)") from e
-    _require_columns(raw, [genes_column], loc)
-    raw, _ = _drop_blank_rows(raw, loc)
-    genes = _gene_lists(raw[genes_column], genes_column, separator, loc)
-    return raw.reset_index(drop=True), loc.lines(raw.index).tolist(), genes
+
+    def error(row: int, problem: str, value: object = None) -> GenotypeFileError:
+        return GenotypeFileError(path, problem, int(lines[row]), value, unit)
+
+    genes = [tuple(g) for g in _gene_lists(raw[genes_column], genes_column, separator, error)]
+    return raw.reset_index(drop=True), lines.tolist(), genes
 
 
 def output_separator(path: Path) -> str:
