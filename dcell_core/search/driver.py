@@ -107,12 +107,13 @@ def run_search(req: SearchRequest) -> SearchOutcome:
         raise SearchUsageError(f"a search named {name} already exists in {exp_dir}: continue it with --resume --name "
                                f"{name}, or choose another --name")
     local_store = tracking.is_local_store(tracking_uri)
+    cache = _cache_dir()
     try:  # every directory this search writes to, before anything is recorded
         check_writable(project, "the project directory")
         check_writable(storage, "Ray Tune's results directory")
         if local_store:
             check_writable(tracking.default_artifact_root(project), "the MLflow artifact root")
-        check_writable(Path(_cache_dir()), "the cache directory ($DCELL_CACHE_DIR)")
+        check_writable(Path(cache), "the cache directory ($DCELL_CACHE_DIR)")
     except NotWritable as e:
         raise SearchUsageError(str(e)) from e
     client = None
@@ -124,7 +125,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     lease = Lease(exp_dir)  # taken once the tracking store and the cluster passed their checks
     try:
         return _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides, tracking_uri, client,
-                          lease, project)
+                          lease, project, cache)
     finally:
         lease.release()
         if lease.renew_error:
@@ -133,7 +134,7 @@ def run_search(req: SearchRequest) -> SearchOutcome:
 
 
 def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides, tracking_uri, client, lease,
-               project) -> SearchOutcome:
+               project, cache: str) -> SearchOutcome:
     import ray
 
     from dcell_core.search import cluster
@@ -159,7 +160,7 @@ def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides,
         from dcell_core.config import compose
         from dcell_core.data import load_run_data
 
-        base_overrides = [*space.overrides, f"cache_dir={format_override_value(_cache_dir())}",
+        base_overrides = [*space.overrides, f"cache_dir={format_override_value(cache)}",
                           f"base_dir={format_override_value(str(project))}"]
         base_cfg = compose(base_overrides)
         data = load_run_data(base_cfg)  # builds the shared caches once, before trials race for them
@@ -185,8 +186,6 @@ def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides,
           f"{f' (resumed, run {invocation})' if state else ''}; MLflow experiment {space.name}, parent run "
           f"{parent_run_id}", file=out, flush=True)
 
-    outcome, reason, records = "crashed", "the driver stopped before its search ended", []
-    wall_s = 0.0
     since_ms = int(time.time() * 1000)
     try:
         started = time.perf_counter()
@@ -209,14 +208,14 @@ def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides,
             reason = f"no trial has a score: {_describe(ledger.counts(records))}"
     except KeyboardInterrupt:
         outcome, reason = "interrupted", None
+        ledger.interrupt_trials(client, exp_id, parent_run_id)
         raise
     except BaseException as e:
         outcome, reason = "crashed", f"{type(e).__name__}: {e}"
         print(f"\nerror: search {name} crashed ({reason})", file=sys.stderr, flush=True)
+        ledger.interrupt_trials(client, exp_id, parent_run_id)
         raise
     finally:
-        if outcome != "completed":
-            ledger.interrupt_trials(client, exp_id, parent_run_id)
         status = ledger.close_parent(client, parent_run_id, outcome, reason)
         print(f"\nparent run {parent_run_id}: {status}" + (f" ({reason})" if reason else ""), file=out, flush=True)
         if outcome != "completed":

@@ -176,7 +176,7 @@ def interrupt_trials(client: MlflowClient, experiment_id: str, parent_run_id: st
     """The driver stops: every RUNNING trial becomes KILLED with `dcell.interrupted` (RUNNING again when the
     search resumes). Returns how many."""
     n = 0
-    for run in tracking.child_runs(client, experiment_id, parent_run_id):
+    for run in child_runs(client, experiment_id, parent_run_id):
         if run.info.status == RUNNING:
             tracking.set_tags(client, run.info.run_id, {TAG_INTERRUPTED: "true"})
             client.set_terminated(run.info.run_id, KILLED)
@@ -185,6 +185,11 @@ def interrupt_trials(client: MlflowClient, experiment_id: str, parent_run_id: st
 
 
 # ---- reading the record ---------------------------------------------------------------------------------------
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return list(client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                                   max_results=10000))
+
+
 def find_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str):
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and "
                                                              f"tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=2)
@@ -231,7 +236,7 @@ def outcome_of(run) -> str:
 
 def trial_records(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[TrialRecord]:
     records = []
-    for run in tracking.child_runs(client, experiment_id, parent_run_id):
+    for run in child_runs(client, experiment_id, parent_run_id):
         if run.data.tags.get(TAG_KIND) != KIND_TRIAL:
             continue
         value = run.data.metrics.get(metric)

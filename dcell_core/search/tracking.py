@@ -133,11 +133,6 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
     return client.create_experiment(name, artifact_location=location)
 
 
-def child_runs(client: MlflowClient, exp_id: str, parent_run_id: str) -> list:
-    return list(client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                                   max_results=10000))
-
-
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:
     now = int(time.time() * 1000)
     rows = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]

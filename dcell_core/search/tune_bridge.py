@@ -28,7 +28,8 @@ def to_tune_param_space(space: SearchSpace) -> dict[str, Any]:
     return {p.key: domain(p) for p in space.parameters}
 
 
-def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None, state_path: Optional[Path] = None) -> Any:
+def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None,
+                    state_path: Optional[Path] = None) -> Any:
     """The search algorithm, limited to max_concurrent trials (default: the file's search.max_concurrent).
 
     With `state_path` (the search's state file), the limit is read again from that file whenever Tune restores the
