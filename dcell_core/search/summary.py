@@ -15,6 +15,7 @@ def score_column(metric: str) -> str:
 
 def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: str, mode: str) -> pd.DataFrame:
     """One row per trial in the ledger's ranking (the winner first): outcome, epochs of budget, score, parameters."""
+    columns = ["trial_id", "run_id", "status", "outcome", "epochs", score_column(metric), "competes", *params, "error"]
     rows = []
     for r in ledger.ranked(records, mode):
         rows.append({
@@ -28,7 +29,7 @@ def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: s
             **{p: r.run.data.params.get(p) for p in params},
             "error": r.run.data.tags.get(ledger.TAG_ERROR, ""),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)  # the columns also when there is no trial
 
 
 def print_table(table: pd.DataFrame, metric: str, top: int, stream) -> None:
@@ -89,7 +90,7 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, pa
 
     from dcell_core.train.plots import save_png
 
-    scored = table[table[score_column(metric)].notna()] if not table.empty else table
+    scored = table[table[score_column(metric)].notna()]
     if scored.empty or not params:
         return None
     enc, categories = _encoded(scored, params)
@@ -117,7 +118,7 @@ def write_parent_artifacts(client, parent_run_id: str, table: pd.DataFrame, para
     """summary.csv, importances.json and the plot, logged to the parent run; returns the importances."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "summary.csv", index=False)
-    imp = importances(table, params, metric) if not table.empty else {"not_computed": "no trials"}
+    imp = importances(table, params, metric)
     (out_dir / "importances.json").write_text(json.dumps(imp, indent=1))
     plot = parallel_coordinates(table, params, metric, out_dir / "parallel_coordinates.png")
     paths = [out_dir / "summary.csv", out_dir / "importances.json"] + ([plot] if plot else [])
