@@ -18,9 +18,9 @@ import pandas as pd
 
 from .config import DEFAULT_NEUTRAL_GENES
 from .strains import StrainBook
-from .table import (GenotypeFileError, GenotypeTable, Interner, build_table, category_codes, count_drop, finish,
-                    numeric_values)
-from .textio import blank_rows, canonical_header, is_xlsx, read_text_chunks, read_text_header, read_xlsx_chunks
+from .table import GenotypeTable, Interner, build_table, count_drop, finish
+from .textio import (ReleaseRows, canonical_header, is_xlsx, read_text_chunks, read_text_header,
+                     read_xlsx_chunks)
 
 KUZMIN_QUERY, KUZMIN_ARRAY = "Query strain ID", "Array strain ID"
 KUZMIN_TEXT_COLUMNS = {  # our name -> release header
@@ -77,19 +77,21 @@ def read_kuzmin(
     rows = _KuzminRows()
     for index, file in enumerate(files):
         rows.read_file(index, file, chunk_rows)
-    arrays, stats = rows.arrays(), rows.stats
+    arrays, stats = rows.concatenated(), rows.stats
     table = _table(files, rows, arrays, stats, set(neutral_genes), mutant_types)
     return finish(table, [target], known_genes, drop_unknown, drop_missing)
 
 
-class _KuzminRows:
+class _KuzminRows(ReleaseRows):
+    TEXT, NUMERIC = KUZMIN_TEXT_COLUMNS, KUZMIN_PHENOTYPE_COLUMNS
+    EMPTY_TYPES = {"file": np.int16, "line": np.int64, "query_strain": np.int32, "array_strain": np.int32,
+                   "mutant_type": np.int16}
+
     def __init__(self) -> None:
+        super().__init__()
         self.genes = Interner()
         self.strains = StrainBook(self.genes, multi=True, width=2)
         self.mutant_types = Interner()
-        self.parts: dict[str, list[np.ndarray]] = {}
-        self.stats: dict = {"rows_read": 0, "blank_lines": 0, "rows_by_file": {}}
-        self.unit = "line"
 
     def read_file(self, index: int, path: str, chunk_rows: int | None) -> None:
         wanted = {**KUZMIN_TEXT_COLUMNS, **KUZMIN_PHENOTYPE_COLUMNS}
@@ -100,53 +102,21 @@ class _KuzminRows:
         else:
             header_line, columns = read_text_header(path, wanted, title_rows=3, hint=_sga_hint)
             chunks = read_text_chunks(path, header_line, columns, text, numeric, chunk_rows or _TEXT_CHUNK_ROWS)
-        before = self.stats["rows_read"] - self.stats["blank_lines"]
-        for chunk, lines in chunks:
-            self._add_chunk(index, path, chunk, lines)
-        self.stats["rows_by_file"][path] = self.stats["rows_read"] - self.stats["blank_lines"] - before
+        self.read_chunks(index, path, chunks)
 
-    def _add_chunk(self, index: int, path: str, chunk: pd.DataFrame, lines: np.ndarray) -> None:
-        self.stats["rows_read"] += len(chunk)
-        text = {name: category_codes(chunk[name]) for name in KUZMIN_TEXT_COLUMNS}
-        values = {}
-        for name, header in KUZMIN_PHENOTYPE_COLUMNS.items():
-            values[name], bad = numeric_values(chunk[name])
-            if bad.any():
-                row = int(np.argmax(bad))
-                raise GenotypeFileError(path, f"non-numeric value in column {header!r}", int(lines[row]),
-                                        chunk[name].iat[row], self.unit)
-        blank = blank_rows(chunk, list(KUZMIN_TEXT_COLUMNS), {n: c for n, (c, _) in text.items()}, values)
-        self.stats["blank_lines"] += int(blank.sum())
-        kept = np.flatnonzero(~blank)
-        text = {name: (codes[kept], cats) for name, (codes, cats) in text.items()}
-        lines = lines[kept]
-
-        def error(row: int, problem: str, value: object = None) -> GenotypeFileError:
-            return GenotypeFileError(path, problem, int(lines[row]), value, self.unit)
-
+    def add_chunk(self, index: int, path: str, chunk: pd.DataFrame, lines: np.ndarray) -> None:
+        text, values, lines, error = self.parse(path, chunk, lines)
         codes, categories = text["mutant_type"]
         if (codes < 0).any():
             raise error(int(np.argmax(codes < 0)), f"empty {KUZMIN_TEXT_COLUMNS['mutant_type']}", "")
         lookup = np.array([self.mutant_types.code(c) for c in categories] + [-1], dtype=np.int16)
-        part = {
-            "file": np.full(len(kept), index, dtype=np.int16), "line": lines,
+        self.append({
+            "file": np.full(len(lines), index, dtype=np.int16), "line": lines,
             "query_strain": self.strains.codes(*text["query_strain"], KUZMIN_QUERY, error),
             "array_strain": self.strains.codes(*text["array_strain"], KUZMIN_ARRAY, error),
             "mutant_type": lookup[codes],
-            **{name: v[kept] for name, v in values.items()},
-        }
-        for name, array_part in part.items():
-            self.parts.setdefault(name, []).append(array_part)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if not self.parts:
-            types = {"file": np.int16, "line": np.int64, "query_strain": np.int32, "array_strain": np.int32,
-                     "mutant_type": np.int16}
-            out = {name: np.zeros(0, dtype=t) for name, t in types.items()}
-            return {**out, **{name: np.zeros(0) for name in KUZMIN_PHENOTYPE_COLUMNS}}
-        out = {name: np.concatenate(parts) for name, parts in self.parts.items()}
-        self.parts = {}
-        return out
+            **values,
+        })
 
 
 def _table(files: list[str], rows: _KuzminRows, arrays: dict[str, np.ndarray], stats: dict, neutral: set[str],

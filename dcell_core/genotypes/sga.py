@@ -18,9 +18,8 @@ import pandas as pd
 
 from .config import ALLELE_CLASSES
 from .strains import StrainBook
-from .table import (GenotypeFileError, GenotypeTable, Interner, build_table, category_codes, count_drop, finish,
-                    numeric_values)
-from .textio import CHUNK_ROWS, blank_rows, canonical_header, read_text_chunks, read_text_header
+from .table import GenotypeTable, Interner, build_table, count_drop, finish
+from .textio import CHUNK_ROWS, ReleaseRows, canonical_header, read_text_chunks, read_text_header
 
 SGA_QUERY, SGA_ARRAY = "Query Strain ID", "Array Strain ID"
 SGA_TEXT_COLUMNS = {  # our name -> release header
@@ -97,60 +96,40 @@ def read_sga(
     return finish(table, [target], known_genes, drop_unknown, drop_missing)
 
 
-class _SgaRows:
+class _SgaRows(ReleaseRows):
     """Rows parsed so far, as per-chunk arrays of integer codes (strains, allele names, array types)."""
+    TEXT, NUMERIC = SGA_TEXT_COLUMNS, SGA_PHENOTYPE_COLUMNS
+    EMPTY_TYPES = {"file": np.int16, "line": np.int64, "query_strain": np.int32, "array_strain": np.int32,
+                   "query_class": np.int8, "array_class": np.int8, "arraytype": np.int16}
 
     def __init__(self) -> None:
+        super().__init__()
         self.genes = Interner()
         self.strains = StrainBook(self.genes, multi=False, width=1)
         self.allele_names = Interner()
         self.arraytypes = Interner()
         self.arraytype_parsed: list[tuple[str, int]] = []  # per arraytype code: (array type, temperature)
-        self.parts: dict[str, list[np.ndarray]] = {}
-        self.stats: dict = {"rows_read": 0, "blank_lines": 0, "rows_by_file": {}}
 
     def read_file(self, index: int, path: str, chunk_rows: int) -> None:
         header_line, columns = read_text_header(path, {**SGA_TEXT_COLUMNS, **SGA_PHENOTYPE_COLUMNS},
                                                 hint=_kuzmin_hint)
-        before = self.stats["rows_read"] - self.stats["blank_lines"]
-        for chunk, lines in read_text_chunks(path, header_line, columns, list(SGA_TEXT_COLUMNS),
-                                             list(SGA_PHENOTYPE_COLUMNS), chunk_rows):
-            self._add_chunk(index, path, chunk, lines)
-        self.stats["rows_by_file"][path] = self.stats["rows_read"] - self.stats["blank_lines"] - before
+        self.read_chunks(index, path, read_text_chunks(path, header_line, columns, list(SGA_TEXT_COLUMNS),
+                                                       list(SGA_PHENOTYPE_COLUMNS), chunk_rows))
 
-    def _add_chunk(self, index: int, path: str, chunk: pd.DataFrame, lines: np.ndarray) -> None:
-        self.stats["rows_read"] += len(chunk)
-        text = {name: category_codes(chunk[name]) for name in SGA_TEXT_COLUMNS}
-        values = {}
-        for name, header in SGA_PHENOTYPE_COLUMNS.items():
-            values[name], bad = numeric_values(chunk[name])
-            if bad.any():
-                row = int(np.argmax(bad))
-                raise GenotypeFileError(path, f"non-numeric value in column {header!r}", int(lines[row]),
-                                        chunk[name].iat[row])
-        blank = blank_rows(chunk, list(SGA_TEXT_COLUMNS), {n: c for n, (c, _) in text.items()}, values)
-        self.stats["blank_lines"] += int(blank.sum())
-        kept = np.flatnonzero(~blank)
-        text = {name: (codes[kept], cats) for name, (codes, cats) in text.items()}
-        lines = lines[kept]
-
-        def error(row: int, problem: str, value: object = None) -> GenotypeFileError:
-            return GenotypeFileError(path, problem, int(lines[row]), value)
-
+    def add_chunk(self, index: int, path: str, chunk: pd.DataFrame, lines: np.ndarray) -> None:
+        text, values, lines, error = self.parse(path, chunk, lines)
         query = self.strains.codes(*text["query_strain"], SGA_QUERY, error)
         array = self.strains.codes(*text["array_strain"], SGA_ARRAY, error)
         query_names = _intern(*text["query_allele_name"], self.allele_names)
         array_names = _intern(*text["array_allele_name"], self.allele_names)
-        part = {
-            "file": np.full(len(kept), index, dtype=np.int16), "line": lines,
+        self.append({
+            "file": np.full(len(lines), index, dtype=np.int16), "line": lines,
             "query_strain": query, "array_strain": array,
             "query_class": self.strains.classes(query, query_names, self.allele_names.names),
             "array_class": self.strains.classes(array, array_names, self.allele_names.names),
             "arraytype": self._arraytypes(*text["arraytype_temp"], error),
-            **{name: v[kept] for name, v in values.items()},
-        }
-        for name, array_part in part.items():
-            self.parts.setdefault(name, []).append(array_part)
+            **values,
+        })
 
     def _arraytypes(self, codes: np.ndarray, categories: list[str], error) -> np.ndarray:
         header = SGA_TEXT_COLUMNS["arraytype_temp"]
@@ -171,14 +150,7 @@ class _SgaRows:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every part concatenated, plus `temperature` per row."""
-        if not self.parts:  # no data rows at all
-            empty = {"file": np.int16, "line": np.int64, "query_strain": np.int32, "array_strain": np.int32,
-                     "query_class": np.int8, "array_class": np.int8, "arraytype": np.int16}
-            out = {name: np.zeros(0, dtype=t) for name, t in empty.items()}
-            out.update({name: np.zeros(0) for name in SGA_PHENOTYPE_COLUMNS})
-        else:
-            out = {name: np.concatenate(parts) for name, parts in self.parts.items()}
-            self.parts = {}
+        out = self.concatenated()
         temps = np.array([t for _, t in self.arraytype_parsed] + [-1], dtype=np.int16)
         out["temperature"] = temps[out["arraytype"]]
         return out

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .table import MISSING_TOKENS, GenotypeFileError
+from .table import MISSING_TOKENS, GenotypeFileError, category_codes, numeric_values
 
 CHUNK_ROWS = 1_000_000  # rows per text chunk: a few hundred MB of transient strings at most
 XLSX_SUFFIXES = (".xlsx", ".xlsm")
@@ -204,3 +204,63 @@ def blank_rows(chunk: pd.DataFrame, text: Sequence[str], text_codes: Mapping[str
     for values in numeric_values.values():
         blank &= np.isnan(values)
     return blank
+
+
+class ReleaseRows:
+    """The rows of a screen release read so far, kept as per-chunk arrays, and the steps its readers share: rows
+    and blank lines counted per file, numeric columns parsed (a bad cell is one error naming its line or sheet
+    row), blank lines dropped, parts concatenated. A reader subclass sets the columns and adds its own arrays.
+    """
+    TEXT: Mapping[str, str] = {}  # our name -> release header, read as text (categoricals)
+    NUMERIC: Mapping[str, str] = {}  # our name -> release header, read as float64
+    EMPTY_TYPES: Mapping[str, type] = {}  # dtype of every non-numeric part, for a file set without data rows
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.stats: dict = {"rows_read": 0, "blank_lines": 0, "rows_by_file": {}}
+        self.unit = "line"  # "row" once an .xlsx sheet was read
+
+    def read_chunks(self, index: int, path: str, chunks: Iterator[tuple[pd.DataFrame, np.ndarray]]) -> None:
+        before = self.stats["rows_read"] - self.stats["blank_lines"]
+        for chunk, lines in chunks:
+            self.add_chunk(index, path, chunk, lines)
+        self.stats["rows_by_file"][path] = self.stats["rows_read"] - self.stats["blank_lines"] - before
+
+    def add_chunk(self, index: int, path: str, chunk: pd.DataFrame, lines: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def parse(self, path: str, chunk: pd.DataFrame, lines: np.ndarray):
+        """(text {name: (codes, categories)}, numeric {name: float64}, lines, error(row, problem, value)) of the
+        chunk's non-blank rows."""
+        self.stats["rows_read"] += len(chunk)
+        text = {name: category_codes(chunk[name]) for name in self.TEXT}
+        values = {}
+        for name, header in self.NUMERIC.items():
+            values[name], bad = numeric_values(chunk[name])
+            if bad.any():
+                row = int(np.argmax(bad))
+                raise GenotypeFileError(path, f"non-numeric value in column {header!r}", int(lines[row]),
+                                        chunk[name].iat[row], self.unit)
+        blank = blank_rows(chunk, list(self.TEXT), {n: c for n, (c, _) in text.items()}, values)
+        self.stats["blank_lines"] += int(blank.sum())
+        kept = np.flatnonzero(~blank)
+        lines = lines[kept]
+
+        def error(row: int, problem: str, value: object = None) -> GenotypeFileError:
+            return GenotypeFileError(path, problem, int(lines[row]), value, self.unit)
+
+        return ({name: (codes[kept], cats) for name, (codes, cats) in text.items()},
+                {name: v[kept] for name, v in values.items()}, lines, error)
+
+    def append(self, part: Mapping[str, np.ndarray]) -> None:
+        for name, array_part in part.items():
+            self.parts.setdefault(name, []).append(array_part)
+
+    def concatenated(self) -> dict[str, np.ndarray]:
+        """Every part concatenated (and released); typed empty arrays when no data row was read."""
+        if not self.parts:
+            return {**{name: np.zeros(0, dtype=t) for name, t in self.EMPTY_TYPES.items()},
+                    **{name: np.zeros(0) for name in self.NUMERIC}}
+        out = {name: np.concatenate(parts) for name, parts in self.parts.items()}
+        self.parts = {}
+        return out
