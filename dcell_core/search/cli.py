@@ -31,8 +31,8 @@ def parser() -> argparse.ArgumentParser:
                                    "the search to continue")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted search (the latest one of this file, or --name); it keeps its "
-                         "overrides, --num-samples and --tracking-uri (other values are refused) and takes new "
-                         "--max-concurrent and --max-failures")
+                         "overrides and --num-samples (other values are refused), takes new --max-concurrent and "
+                         "--max-failures, and a new --tracking-uri only when it reaches the search's own store")
     ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
                     help="where mlflow.db, mlartifacts/ and ray_results/ live (default: the working directory); on "
                          "a cluster, a directory every node shares (NFS, EFS, Filestore, a ReadWriteMany volume)")
