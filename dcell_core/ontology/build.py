@@ -50,7 +50,7 @@ def fingerprint(cfg: OntologyConfig, base_dir: str | Path | None = None,
 
 
 def _fingerprint(cfg: OntologyConfig, base_dir: str | Path | None, universe: GeneUniverse) -> tuple[str, dict]:
-    cfg.validate()
+    """The fingerprint of a validated cfg (every caller validates it first) over a resolved universe."""
     obo, ann = resolve_path(cfg.obo, base_dir), resolve_path(cfg.annotations, base_dir)
     for label, spec, p in (("obo", cfg.obo, obo), ("annotations", cfg.annotations, ann)):
         if not p.exists():
