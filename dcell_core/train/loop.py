@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -102,110 +102,138 @@ def train(cfg: DictConfig, report: Report | None = None, output_dir: str | Path 
 
     Resumes from `train.resume_from` (a checkpoint directory, or a run directory: its latest checkpoint).
     """
-    t: TrainConfig = OmegaConf.to_object(cfg.train)
-    t.validate()
-    m: ModelConfig = OmegaConf.to_object(cfg.model)
-    m.validate()
-    loss_cfg: LossConfig = OmegaConf.to_object(cfg.loss)
-    loss_cfg.validate()
-    out_dir = Path(output_dir or t.output_dir).expanduser().resolve()
-    ckpt_root = out_dir / "checkpoints"
-    device = pick_device(t.device)
-    autocast = t.bf16 and device.type == "cuda"
-    if t.bf16 and device.type != "cuda":
-        raise ValueError("train.bf16=true needs a CUDA device (bf16 autocast on CPU is not supported here)")
-    if t.num_threads > 0:
-        torch.set_num_threads(t.num_threads)
-    seed_everything(t.seed)
-
-    data = load_run_data(cfg)
-    batcher = GenotypeBatcher.from_dataset(data.dataset)
-    train_rows, val_rows = data.dataset.splits["train"], data.dataset.splits["val"]
-    model = build_dcell(data.hierarchy, m).to(device)
-    optimizer = make_optimizer(model, t)
-    steps_per_epoch = math.ceil(len(train_rows) / t.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, steps_per_epoch))
-
-    decay_weights = model.decay_weights() if loss_cfg.weight_decay > 0 else None
-    history: list[dict] = []
-    start_epoch = 1
-    init_diversity = None
-    resume = _resolve_resume(t.resume_from)
-    if resume is not None:
-        weights, state, _, meta = load_checkpoint_files(resume)
-        model.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        history = meta["history"]
-        init_diversity = meta["init_diversity"]
-        start_epoch = meta["epoch"] + 1
-    else:
-        first, _ = predict(model, batcher, train_rows[: t.batch_size], t.batch_size, device, autocast)
-        init_diversity = float(first.std())
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = None
-    for epoch in range(start_epoch, t.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        preds, targets = [], []
-        seen = 0
-        for step, (x, y) in enumerate(batcher.iterate(train_rows, t.batch_size, seed=t.seed, epoch=epoch)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = model(x)
-                loss, parts = dcell_loss(out, y, loss_cfg, decay_weights)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step + 1} "
-                                         f"(components: { {k: float(v) for k, v in parts.items()} })")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            for name, key in LOSS_METRICS.items():
-                sums[name] = sums.get(name, 0) + parts[key].detach().float() * len(y)
-            preds.append(out.prediction.detach().float())
-            targets.append(y.reshape(len(y), -1)[:, 0])
-            seen += len(y)
-        seconds = time.perf_counter() - started
-        train_fit = regression_metrics(torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy())
-        val_pred, val_target = predict(model, batcher, val_rows, t.eval_batch_size, device, autocast)
-        val_fit = regression_metrics(val_pred, val_target)
-        health = prediction_health(torch.from_numpy(val_pred), torch.from_numpy(val_target), t.collapse_ratio)
-        metrics = {
-            "epoch": epoch,
-            **{f"train/{k}": float(v) / seen for k, v in sums.items()},
-            "train/pearson": train_fit["pearson"],
-            **{f"val/{k}": v for k, v in val_fit.items()},
-            "val/pred_std": health["pred_std"],
-            "val/std_ratio": health["std_ratio"],
-            "val/collapse": health["collapsed"],
-            "init_diversity": init_diversity,
-            "lr": optimizer.param_groups[0]["lr"],
-            "samples_per_s": seen / seconds,
-            "epoch_s": seconds,
-        }
-        if metrics.keys() != TRAIN_METRICS.keys():  # the registry is what searches and summaries rely on
-            raise AssertionError(f"epoch metrics {sorted(metrics)} differ from TRAIN_METRICS {sorted(TRAIN_METRICS)}")
-        history.append(metrics)
-        _write_history(out_dir / "metrics.jsonl", history)
-        if t.plots:
-            from dcell_core.train.plots import history_plots, predictions_plot
-
-            predictions_plot(val_pred, val_target, f"validation, epoch {epoch}", out_dir / "plots" / "val_predictions.png")
-            history_plots(history, out_dir / "plots")
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        meta = {"history": history, "init_diversity": init_diversity, "fingerprint": data.hierarchy.fingerprint,
-                "genes": list(data.hierarchy.genes), "terms": list(data.hierarchy.terms)}
-        checkpoint = save_checkpoint(ckpt_root, epoch, model, state, cfg, meta, t.checkpoint_keep)
+    run = Training(cfg, output_dir)
+    for metrics, checkpoint in run.epochs():
         if report is not None:
             report(metrics, checkpoint)
-    return TrainResult(history, out_dir, checkpoint or latest_checkpoint(ckpt_root), model, data)
+    return run.result()
+
+
+class Training:
+    """One training run, set up on construction and advanced one epoch at a time by `epochs()`.
+
+    Several runs can be advanced in lockstep in one process (a search trial's replicates): each keeps its own
+    torch RNG state between epochs, so its numbers are those it would have trained alone.
+    """
+
+    def __init__(self, cfg: DictConfig, output_dir: str | Path | None = None):
+        t: TrainConfig = OmegaConf.to_object(cfg.train)
+        t.validate()
+        m: ModelConfig = OmegaConf.to_object(cfg.model)
+        m.validate()
+        loss_cfg: LossConfig = OmegaConf.to_object(cfg.loss)
+        loss_cfg.validate()
+        self.cfg, self.t, self.loss_cfg = cfg, t, loss_cfg
+        self.out_dir = Path(output_dir or t.output_dir).expanduser().resolve()
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.device = device = pick_device(t.device)
+        self.autocast = t.bf16 and device.type == "cuda"
+        if t.bf16 and device.type != "cuda":
+            raise ValueError("train.bf16=true needs a CUDA device (bf16 autocast on CPU is not supported here)")
+        if t.num_threads > 0:
+            torch.set_num_threads(t.num_threads)
+        seed_everything(t.seed)
+
+        self.data = data = load_run_data(cfg)
+        self.batcher = GenotypeBatcher.from_dataset(data.dataset)
+        self.train_rows, self.val_rows = data.dataset.splits["train"], data.dataset.splits["val"]
+        self.model = model = build_dcell(data.hierarchy, m).to(device)
+        self.optimizer = make_optimizer(model, t)
+        steps_per_epoch = math.ceil(len(self.train_rows) / t.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(t, steps_per_epoch))
+
+        self.decay_weights = model.decay_weights() if loss_cfg.weight_decay > 0 else None
+        self.history: list[dict] = []
+        self.start_epoch = 1
+        resume = _resolve_resume(t.resume_from)
+        if resume is not None:
+            weights, state, _, meta = load_checkpoint_files(resume)
+            model.load_state_dict(weights, strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.history = meta["history"]
+            self.init_diversity = meta["init_diversity"]
+            self.start_epoch = meta["epoch"] + 1
+        else:
+            first, _ = predict(model, self.batcher, self.train_rows[: t.batch_size], t.batch_size, device,
+                               self.autocast)
+            self.init_diversity = float(first.std())
+        self.rng = torch.get_rng_state()
+        self.checkpoint: Optional[Path] = None
+
+    def epochs(self) -> Iterator[tuple[dict, Path]]:
+        """Train the remaining epochs; after each, yield its metrics and the path of its checkpoint."""
+        t, model, optimizer, device, autocast = self.t, self.model, self.optimizer, self.device, self.autocast
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for epoch in range(self.start_epoch, t.epochs + 1):
+            torch.set_rng_state(self.rng)
+            started = time.perf_counter()
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            preds, targets = [], []
+            seen = 0
+            for step, (x, y) in enumerate(self.batcher.iterate(self.train_rows, t.batch_size, seed=t.seed,
+                                                               epoch=epoch)):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    out = model(x)
+                    loss, parts = dcell_loss(out, y, self.loss_cfg, self.decay_weights)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step + 1} "
+                                             f"(components: { {k: float(v) for k, v in parts.items()} })")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                self.scheduler.step()
+                for name, key in LOSS_METRICS.items():
+                    sums[name] = sums.get(name, 0) + parts[key].detach().float() * len(y)
+                preds.append(out.prediction.detach().float())
+                targets.append(y.reshape(len(y), -1)[:, 0])
+                seen += len(y)
+            seconds = time.perf_counter() - started
+            train_fit = regression_metrics(torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy())
+            val_pred, val_target = predict(model, self.batcher, self.val_rows, t.eval_batch_size, device, autocast)
+            val_fit = regression_metrics(val_pred, val_target)
+            health = prediction_health(torch.from_numpy(val_pred), torch.from_numpy(val_target), t.collapse_ratio)
+            metrics = {
+                "epoch": epoch,
+                **{f"train/{k}": float(v) / seen for k, v in sums.items()},
+                "train/pearson": train_fit["pearson"],
+                **{f"val/{k}": v for k, v in val_fit.items()},
+                "val/pred_std": health["pred_std"],
+                "val/std_ratio": health["std_ratio"],
+                "val/collapse": health["collapsed"],
+                "init_diversity": self.init_diversity,
+                "lr": optimizer.param_groups[0]["lr"],
+                "samples_per_s": seen / seconds,
+                "epoch_s": seconds,
+            }
+            if metrics.keys() != TRAIN_METRICS.keys():  # the registry is what searches and summaries rely on
+                raise AssertionError(f"epoch metrics {sorted(metrics)} differ from TRAIN_METRICS "
+                                     f"{sorted(TRAIN_METRICS)}")
+            self.history.append(metrics)
+            _write_history(self.out_dir / "metrics.jsonl", self.history)
+            if t.plots:
+                from dcell_core.train.plots import history_plots, predictions_plot
+
+                predictions_plot(val_pred, val_target, f"validation, epoch {epoch}",
+                                 self.out_dir / "plots" / "val_predictions.png")
+                history_plots(self.history, self.out_dir / "plots")
+            self.rng = torch.get_rng_state()
+            state = {"optimizer": optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "torch_rng": self.rng}
+            meta = {"history": self.history, "init_diversity": self.init_diversity,
+                    "fingerprint": self.data.hierarchy.fingerprint, "genes": list(self.data.hierarchy.genes),
+                    "terms": list(self.data.hierarchy.terms)}
+            self.checkpoint = save_checkpoint(self.ckpt_root, epoch, model, state, self.cfg, meta, t.checkpoint_keep)
+            yield metrics, self.checkpoint
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.history, self.out_dir, self.checkpoint or latest_checkpoint(self.ckpt_root),
+                           self.model, self.data)
 
 
 def _resolve_resume(path: str | None) -> Path | None:
