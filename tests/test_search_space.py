@@ -235,8 +235,11 @@ def test_variant_generators_and_schedulers():
     assert (median._time_attr, median._grace_period, median._min_samples_required, median._mode) == \
         ("training_iteration", 2, 4, "min")
 
+    from optuna.samplers import RandomSampler
+
     random_space = load_search_space(FIXTURES / "valid_random.yaml")
-    assert isinstance(make_search_alg(random_space), BasicVariantGenerator)
+    random_alg = make_search_alg(random_space)
+    assert isinstance(random_alg.searcher._sampler, RandomSampler) and random_alg.max_concurrent == 2
     assert type(make_scheduler(random_space)) is FIFOScheduler
 
 

@@ -46,15 +46,15 @@ line each (`FILE: command line: ...` for command-line overrides and flags).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from dcell_core.search.overrides import format_override_value, trial_overrides
-from dcell_core.search.spec import (KNOWN_METRICS, TOP_KEYS, TOP_REQUIRED, Parameter, Resources, SchedulerSettings,
-                                    SearchSettings, SearchSpace, SearchSpaceError, _check_keys, _Report)
-from dcell_core.search.spec_config import (_check_base_config, _check_device, _check_parameter_keys, _check_values,
-                                           _compose_fixed, _max_epochs, _parse_overrides)
-from dcell_core.search.spec_fields import (_check_algorithm, _name, _objective, _parameters, _resources,
-                                           _scheduler_settings, _search_settings, _text_field)
+from dcell_core.search.spec import (ALGORITHMS, KNOWN_METRICS, Parameter, SearchSpace, SearchSpaceError, _is_int,
+                                    _Report)
+from dcell_core.search.spec_config import (_check_base_config, _check_device, _check_kinds, _check_parameter_keys,
+                                           _check_scheduler, _check_values, _compose_fixed, _design, _max_epochs,
+                                           _parse_overrides)
+from dcell_core.search.spec_fields import Resources, SchedulerSettings, SearchSettings, file_problems, valid_part
 from dcell_core.search.spec_yaml import _read_yaml
 from dcell_core.search.tune_bridge import make_scheduler, make_search_alg, to_tune_param_space
 
@@ -63,13 +63,12 @@ __all__ = ["KNOWN_METRICS", "Parameter", "Resources", "SchedulerSettings", "Sear
            "to_tune_param_space", "trial_overrides"]
 
 
-
 def load_search_space(path: str | Path, extra_overrides: Sequence[str] = (), *, num_samples: Optional[int] = None,
-                      max_concurrent: Optional[int] = None) -> SearchSpace:
+                      max_concurrent: Optional[int] = None, replicates: Optional[int] = None) -> SearchSpace:
     """Parse and validate a whole search-space file; raise one SearchSpaceError listing every problem.
 
-    extra_overrides (command-line Hydra overrides) come after the file's overrides; num_samples / max_concurrent
-    (command-line flags) replace the file's values.
+    extra_overrides (command-line Hydra overrides) come after the file's overrides; num_samples / max_concurrent /
+    replicates (command-line flags) replace the file's values.
     """
     if isinstance(extra_overrides, str):
         raise TypeError(f"extra_overrides must be a sequence of overrides, not the string {extra_overrides!r}")
@@ -81,20 +80,48 @@ def load_search_space(path: str | Path, extra_overrides: Sequence[str] = (), *, 
     if not isinstance(data, dict):
         report.add((), f"expected a mapping of settings, got {type(data).__name__} {data!r}")
         report.raise_if_any()
-    _check_keys(report, (), data, TOP_KEYS, TOP_REQUIRED)
-    name, description = _name(report, data), _text_field(report, data, "description")
-    metric, mode = _objective(report, data)
-    search = _search_settings(report, data, num_samples, max_concurrent)
-    resources = _resources(report, data)
-    params = _parameters(report, data)
-    _check_algorithm(report, data, params)
-    overrides = _parse_overrides(report, data, list(extra_overrides))
+    for key_path, message in file_problems(data):
+        report.add(key_path, message)
+    flags = {"num_samples": _flag(report, "num_samples", num_samples),
+             "max_concurrent": _flag(report, "max_concurrent", max_concurrent)}
+    search = valid_part(data, "search")
+    if search is not None:
+        search = search.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    replicates = _flag(report, "replicates", replicates) if replicates is not None else valid_part(data, "replicates")
+    metric, mode = valid_part(data, "metric"), valid_part(data, "mode")
+    if KNOWN_METRICS.get(metric) and mode and mode != KNOWN_METRICS[metric]:
+        report.add(("mode",), f"{metric} is better when {'higher' if mode == 'min' else 'lower'} (mode "
+                              f"{KNOWN_METRICS[metric]}); mode {mode} would select the worst trials")
+    params = [Parameter(key, d.kind, (d.fixed,) if d.kind == "fixed" else getattr(d, d.kind))
+              for key, d in (valid_part(data, "parameters") or {}).items()]
+    _check_kinds(report, search.algorithm if search else _algorithm(data), params, replicates)
+    overrides = _parse_overrides(report, valid_part(data, "overrides") or [], list(extra_overrides))
     cfg = _compose_fixed(report, overrides)
     params = _check_parameter_keys(report, cfg, params, overrides)
     _check_values(report, cfg, params, _check_base_config(report, cfg, overrides))
+    resources = valid_part(data, "resources")
     _check_device(report, cfg, resources, params)
-    scheduler = _scheduler_settings(report, data, _max_epochs(cfg, params, data))
+    scheduler = _check_scheduler(report, valid_part(data, "scheduler"), _max_epochs(cfg, params, data))
+    notes: tuple[str, ...] = ()
+    if not report.items:  # the design is judged on a file that is right in every other way
+        search, params, notes = _design(report, search, params, flags["num_samples"] is not None)
     report.raise_if_any()
-    return SearchSpace(path=path, name=name, description=description, overrides=tuple(o.text for o in overrides),
-                       metric=metric, mode=mode, search=search, scheduler=scheduler, resources=resources,
-                       parameters=tuple(params))
+    return SearchSpace(path=path, name=data["name"], description=data["description"],
+                       overrides=tuple(o.text for o in overrides), metric=metric, mode=mode, search=search,
+                       scheduler=scheduler, resources=resources, parameters=tuple(params), replicates=replicates,
+                       notes=notes)
+
+
+def _flag(report: _Report, key: str, value: Any) -> Optional[int]:
+    """A command-line count (None: not given), under the same rule as the file's value."""
+    if value is not None and not (_is_int(value) and value >= 1):
+        report.add_cli(f"--{key.replace('_', '-')}", f"expected an integer >= 1, got {value!r}")
+        return None
+    return value
+
+
+def _algorithm(data: dict) -> Optional[str]:
+    """The algorithm of a file whose search settings are invalid in another way (to check the parameters' kinds)."""
+    search = data.get("search")
+    algorithm = search.get("algorithm", "optuna") if isinstance(search, dict) else None
+    return algorithm if algorithm in ALGORITHMS else None

@@ -9,9 +9,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from dcell_core.train.metrics import TRAIN_METRICS
+
+if TYPE_CHECKING:
+    from dcell_core.search.spec_fields import Resources, SchedulerSettings, SearchSettings
 
 # What the trial function reports each epoch, and the direction in which each improves: owned by the training
 # loop's registry (dcell_core.train.metrics.TRAIN_METRICS).
@@ -22,18 +25,9 @@ SCHEDULERS = ("asha", "median", "none")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 LIST_KINDS = ("choice", "grid")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid", "fixed")
-ALLOWED_KINDS = {"optuna": ("choice", "uniform", "loguniform", "randint", "fixed"),
-                 "random": DISTRIBUTIONS, "grid": ("grid", "fixed")}
-
-TOP_KEYS = ("name", "description", "overrides", "metric", "mode", "search", "scheduler", "resources", "parameters")
-TOP_REQUIRED = ("name", "description", "metric", "mode", "search", "scheduler", "resources", "parameters")
-SEARCH_KEYS = ("algorithm", "seed", "num_samples", "max_concurrent")
-SEARCH_REQUIRED = ("seed", "num_samples", "max_concurrent")
-SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "max_t"),
-                  "median": ("type", "grace_period", "min_samples_required"), "none": ("type",)}
-SCHEDULER_REQUIRED = {"asha": ("grace_period", "reduction_factor"),
-                      "median": ("grace_period", "min_samples_required"), "none": ()}
-RESOURCE_KEYS = ("cpu", "gpu")
+SAMPLED_KINDS = ("choice", "uniform", "loguniform", "randint", "fixed")
+ALLOWED_KINDS = {"optuna": SAMPLED_KINDS, "random": SAMPLED_KINDS, "grid": ("grid", "choice", "randint", "fixed")}
+FINITE_KINDS = ("choice", "grid", "randint", "fixed")
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 HYDRA_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -69,29 +63,6 @@ class Parameter:
 
 
 @dataclass(frozen=True)
-class SearchSettings:
-    algorithm: str  # optuna | random | grid
-    seed: int
-    num_samples: int  # trials; for grid, repeats of the grid
-    max_concurrent: int
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    type: str  # asha | median | none
-    grace_period: Optional[int] = None  # asha, median
-    reduction_factor: Optional[float] = None  # asha
-    max_t: Optional[int] = None  # asha: the largest train.epochs of any trial
-    min_samples_required: Optional[int] = None  # median
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpu: float
-    gpu: float
-
-
-@dataclass(frozen=True)
 class SearchSpace:
     path: Path
     name: str
@@ -103,6 +74,8 @@ class SearchSpace:
     scheduler: SchedulerSettings
     resources: Resources
     parameters: tuple[Parameter, ...]
+    replicates: int = 1  # seeds trained per trial (derived by the platform)
+    notes: tuple[str, ...] = ()  # what the loader decided for the user (e.g. an exact grid): one console line each
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,16 +121,6 @@ def _suggest(word: Any, valid: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_keys(report: _Report, path: tuple, mapping: dict, allowed: Sequence[str],
-                required: Sequence[str]) -> None:
-    for key in mapping:
-        if key not in allowed:
-            report.add(path + (key,), f"unknown key{_suggest(key, allowed)}; valid keys: {', '.join(allowed)}")
-    for key in required:
-        if key not in mapping:
-            report.add(path, f"missing required key {key!r}")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Scalar checks (bool is not a number here: `true` for an integer setting is a mistake, not 1)
 
@@ -168,25 +131,3 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _int_at_least(report: _Report, path: tuple, value: Any, minimum: int) -> Optional[int]:
-    if not _is_int(value) or value < minimum:
-        report.add(path, f"expected an integer >= {minimum}, got {value!r}")
-        return None
-    return value
-
-
-def _one_of(report: _Report, path: tuple, value: Any, allowed: Sequence[str]) -> Optional[str]:
-    if value not in allowed:
-        report.add(path, f"{value!r} is not one of {', '.join(allowed)}{_suggest(value, allowed)}")
-        return None
-    return value
-
-
-def _section(report: _Report, data: dict, key: str) -> Optional[dict]:
-    value = data.get(key)
-    if key in data and not isinstance(value, dict):
-        report.add((key,), f"expected a mapping, got {type(value).__name__} {value!r}")
-        return None
-    return value

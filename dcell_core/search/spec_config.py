@@ -10,8 +10,9 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from dcell_core.search.overrides import format_override_value
-from dcell_core.search.spec import (LIST_KINDS, MAX_SIBLING_COMBINATIONS, RANGE_KINDS, Parameter, Resources,
+from dcell_core.search.spec import (ALLOWED_KINDS, LIST_KINDS, MAX_SIBLING_COMBINATIONS, RANGE_KINDS, Parameter,
                                     SearchSpaceError, _is_int, _Report, _suggest)
+from dcell_core.search.spec_fields import AshaSettings, Resources, SearchSettings
 
 # ----------------------------------------------------------------------------------------------------------
 # Fixed overrides and the composed config
@@ -24,14 +25,10 @@ class _Override:
     path: Optional[tuple]  # position in the file; None for the command line
 
 
-def _parse_overrides(report: _Report, data: dict, extra: Sequence[str]) -> list[_Override]:
+def _parse_overrides(report: _Report, raw: list, extra: Sequence[str]) -> list[_Override]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    raw = data.get("overrides", [])
-    if not isinstance(raw, list):
-        report.add(("overrides",), f"expected a list of Hydra overrides (key=value), got {raw!r}")
-        raw = []
     parser = OverridesParser.create()
     items = [(text, ("overrides", i)) for i, text in enumerate(raw)] + [(text, None) for text in extra]
     parsed = []
@@ -249,6 +246,23 @@ def _max_epochs(cfg: DictConfig, params: list[Parameter], data: dict) -> Optiona
     return max(values) if all(_is_int(v) for v in values) else None
 
 
+def _check_scheduler(report: _Report, scheduler: Any, max_epochs: Optional[int]) -> Any:
+    """ASHA against the epochs of the trials; max_t filled in from them when it was left out."""
+    if not isinstance(scheduler, AshaSettings):
+        return scheduler
+    p, max_t = ("scheduler",), scheduler.max_t
+    # One report per epoch = one training_iteration; a max_t below the epochs would cut every trial short of its
+    # planned LR schedule, one above them is a rung no trial reaches.
+    if max_t is not None and max_epochs is not None and max_t != max_epochs:
+        report.add(p + ("max_t",), f"{max_t} != the largest train.epochs of any trial ({max_epochs}); leave max_t "
+                                   "out to use train.epochs")
+    longest = max_epochs if max_epochs is not None else max_t  # what max_t must be, even where it was wrong
+    if longest is not None and scheduler.grace_period >= longest:
+        report.add(p + ("grace_period",), f"{scheduler.grace_period} >= max_t {longest}: ASHA could never stop a "
+                                          "trial early (use type: none, or more train.epochs)")
+    return scheduler.model_copy(update={"max_t": longest})
+
+
 def _check_device(report: _Report, cfg: DictConfig, resources: Optional[Resources], params: list[Parameter]) -> None:
     device = OmegaConf.select(cfg, "train.device")
     if resources is None or any(p.key == "train.device" for p in params):
@@ -257,3 +271,64 @@ def _check_device(report: _Report, cfg: DictConfig, resources: Optional[Resource
         report.add(("resources", "gpu"), f"{resources.gpu} GPU reserved per trial but train.device=cpu")
     if device == "cuda" and resources.gpu == 0:
         report.add(("resources", "gpu"), "train.device=cuda but no GPU reserved: Ray hides every GPU from the trial")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The design: which algorithm runs which configurations, each at most once
+
+
+def _check_kinds(report: _Report, algorithm: Optional[str], params: list[Parameter], replicates: Optional[int]) -> None:
+    why = {"optuna": "TPE samples, it cannot enumerate a grid: use choice, or algorithm grid",
+           "random": "random search samples, it cannot enumerate a grid: use choice, or algorithm grid",
+           "grid": "a grid search enumerates values: use grid, choice, randint or fixed, or algorithm optuna / random"}
+    for p in params:
+        if algorithm in ALLOWED_KINDS and p.kind not in ALLOWED_KINDS[algorithm]:
+            report.add(("parameters", p.key, p.kind), f"not allowed with algorithm {algorithm}: {why[algorithm]}")
+        if p.key == "train.seed" and p.kind != "fixed" and replicates is not None and replicates > 1:
+            report.add(("parameters", p.key), f"searched together with replicates: {replicates}: the platform "
+                                              "derives each replicate's seed (search train.seed only with "
+                                              "replicates: 1)")
+    if params and all(p.kind == "fixed" for p in params):
+        report.add(("parameters",), "every parameter is fixed: nothing to search")
+
+
+def distinct_configurations(params: Sequence[Parameter]) -> Optional[int]:
+    """How many different configurations the parameters span; None when a range of numbers makes it unbounded."""
+    n = 1
+    for p in params:
+        if p.kind in ("uniform", "loguniform"):
+            return None
+        n *= p.high - p.low + 1 if p.kind == "randint" else len(p.values)
+    return n
+
+
+def _as_grid(p: Parameter) -> Parameter:
+    if p.kind == "fixed":
+        return p
+    return Parameter(p.key, "grid", tuple(range(p.low, p.high + 1)) if p.kind == "randint" else p.values)
+
+
+def _design(report: _Report, search: SearchSettings, params: list[Parameter],
+            num_samples_flag: bool) -> tuple[SearchSettings, list[Parameter], tuple[str, ...]]:
+    """A grid (given, or chosen because num_samples asks for every configuration of a finite space) runs each
+    configuration once, as Tune's grid_search repeated once; num_samples beyond the distinct configurations is
+    refused. Returns the settings and parameters to run, and the console note of a chosen grid."""
+    n, k = distinct_configurations(params), search.num_samples
+    where = ("search", "num_samples")
+    add = (lambda m: report.add_cli("--num-samples", f"search.num_samples {m}")) if num_samples_flag else \
+        (lambda m: report.add(where, m))
+    as_grid = search.model_copy(update={"algorithm": "grid", "num_samples": 1})
+    if search.algorithm == "grid":
+        if k not in (1, n):
+            add(f"{k}: a grid runs each of its {n} distinct configurations once; give 1 or {n} (repeated seeds: "
+                "replicates)")
+        return as_grid, [_as_grid(p) for p in params], ()
+    if n is None or k < n:
+        return search, params, ()
+    if k > n:
+        add(f"{k} is more than the {n} distinct configurations of the parameters; a search runs each configuration "
+            f"at most once (at most {n}, or repeated seeds: replicates)")
+        return search, params, ()
+    return as_grid, [_as_grid(p) for p in params], (
+        f"num_samples {k} = every one of the {n} distinct configurations: run as a grid, each once (algorithm grid "
+        f"instead of {search.algorithm})",)

@@ -30,7 +30,9 @@ def to_tune_param_space(space: SearchSpace) -> dict[str, Any]:
 
 def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None,
                     state_path: Optional[Path] = None) -> Any:
-    """The search algorithm, limited to max_concurrent trials (default: the file's search.max_concurrent).
+    """The search algorithm, limited to max_concurrent trials (default: the file's search.max_concurrent): Optuna's
+    TPE or random sampler (DistinctOptunaSearch: no configuration twice), or for a grid Tune's variant generator
+    (each grid_search combination once: the loader keeps a grid's num_samples at 1).
 
     With `state_path` (the search's state file), the limit is read again from that file whenever Tune restores the
     algorithm (a resumed search), so `--max-concurrent` given with `--resume` takes effect. Do not also set
@@ -45,11 +47,15 @@ def make_search_alg(space: SearchSpace, max_concurrent: Optional[int] = None,
     limit = s.max_concurrent if max_concurrent is None else max_concurrent
     if not _is_int(limit) or limit < 1:
         raise ValueError(f"max_concurrent must be an integer >= 1, got {limit!r}")
-    if s.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+    if s.algorithm in ("optuna", "random"):
+        from optuna.samplers import RandomSampler
 
-        # No space here: OptunaSearch takes it from the Tuner's param_space (set_search_properties).
-        searcher = OptunaSearch(metric=space.metric, mode=space.mode, seed=s.seed)
+        from dcell_core.search.distinct import DistinctOptunaSearch
+
+        # No space here: the searcher takes it from the Tuner's param_space (set_search_properties).
+        searcher = DistinctOptunaSearch(metric=space.metric, mode=space.mode, seed=s.seed) \
+            if s.algorithm == "optuna" else \
+            DistinctOptunaSearch(metric=space.metric, mode=space.mode, sampler=RandomSampler(seed=s.seed))
         if state_path is None:
             return ConcurrencyLimiter(searcher, max_concurrent=limit)
         return StateLimitedConcurrency(searcher, max_concurrent=limit, state_path=state_path)
