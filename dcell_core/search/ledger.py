@@ -19,14 +19,23 @@ The winner rule (docs/searching.md): a trial's score is the value of the search'
 completed; the winner is the trial with the best score among the FINISHED trials (those that ran their full
 budget); equal scores go to the trial that started first. ASHA-stopped trials have a score but never win: their
 checkpoints hold an early epoch.
+
+Replicates (`replicates: k` in the search file, k > 1): a trial trains its configuration k times with its own
+seeds, in lockstep, and its record holds the mean over its replicates under the normal metric names, so its score,
+ASHA and the winner rule judge the mean at the last epoch. Each replicate's values are `replicate_metric(name, r)`;
+the CI_LEVEL interval of the mean of the search's metric is `interval_metrics(metric)` (Student t over the k
+values); `checkpoint/` and `plots/` hold replicate TAG_CHECKPOINT_REPLICATE's. A trial with k = 1 records exactly
+what it did before replicates existed (none of these tags or metrics).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from dcell_core.search import tracking
 from dcell_core.train.metrics import TRAIN_METRICS
@@ -59,6 +68,9 @@ TAG_SEARCH_FILE, TAG_SEARCH_FILE_SHA = "dcell.search_file", "dcell.search_file_s
 TAG_GIT_COMMIT, TAG_FINGERPRINT = "dcell.git_commit", "dcell.data_fingerprint"
 TAG_RAY_ADDRESS, TAG_OVERRIDES = "dcell.ray_address", "dcell.overrides"
 OUTCOMES = ("completed", "interrupted", "crashed")
+TAG_REPLICATES = "dcell.replicates"  # a trial's replicate count k, set when k > 1 (absent: 1)
+TAG_REPLICATE_SEEDS = "dcell.replicate_seeds"  # their train.seed values, replicate 0 first, comma-separated
+TAG_CHECKPOINT_REPLICATE = "dcell.checkpoint_replicate"  # the replicate whose weights checkpoint/ and plots/ hold
 
 # ---- metrics --------------------------------------------------------------------------------------------------
 # What a trial reports per epoch: the training loop's registry (declared next to the code that produces it).
@@ -68,6 +80,34 @@ TRIAL_METRICS: dict[str, str | None] = dict(TRAIN_METRICS)
 ATTEMPT_S = "trial/attempt_s"
 # Parent-run metrics, step = the invocation of the driver (1 for the first, 2 for the first resume, ...).
 SEARCH_WALL_S, TRIAL_S_SUM, OVERHEAD_S = "search_wall_s", "trial_s_sum", "overhead_s"
+
+
+# Replicates (k > 1): each replicate's value of a metric, and the interval of the mean of the search's metric.
+CI_LEVEL = 0.95
+
+
+def replicate_metric(metric: str, replicate: int) -> str:
+    """The name under which replicate `replicate` (0-based) of a trial logs `metric`: `val/pearson/rep0`."""
+    return f"{metric}/rep{replicate}"
+
+
+def interval_metrics(metric: str) -> tuple[str, str]:
+    """The names of the bounds of the CI_LEVEL interval of the mean of `metric` over a trial's replicates."""
+    return f"{metric}/ci_low", f"{metric}/ci_high"
+
+
+def mean_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of replicate values and its CI_LEVEL two-sided Student-t interval, mean +-
+    t(k - 1) x s / sqrt(k) with s the sample standard deviation. Bounds are NaN for one value; everything is NaN
+    when a value is."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"mean_interval needs a non-empty list of values, got {values!r}")
+    mean = float(a.mean())
+    if len(a) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + CI_LEVEL / 2, len(a) - 1) * stats.sem(a))
+    return mean, mean - half, mean + half
 
 
 def metric_direction(metric: str) -> str | None:
@@ -215,6 +255,11 @@ class TrialRecord:
     budget: int | None
     score: float  # the metric at its last completed epoch (NaN: none)
     eligible: bool  # FINISHED with a finite score: it competes for the winner
+    # Replicates (see the module docstring): with k = 1, replicate_scores is (score,) and the bounds are NaN.
+    replicates: int = 1  # k, the seeds its configuration was trained with; score is the mean over them
+    replicate_scores: tuple[float, ...] = ()  # each replicate's metric at the last epoch, replicate 0 first
+    ci_low: float = float("nan")  # the CI_LEVEL interval of the mean score at the last epoch (NaN: k = 1)
+    ci_high: float = float("nan")
 
     @property
     def run_id(self) -> str:
@@ -239,13 +284,17 @@ def trial_records(client: MlflowClient, experiment_id: str, parent_run_id: str, 
     for run in child_runs(client, experiment_id, parent_run_id):
         if run.data.tags.get(TAG_KIND) != KIND_TRIAL:
             continue
-        value = run.data.metrics.get(metric)
-        score = float(value) if value is not None else float("nan")
+        metrics, nan = run.data.metrics, float("nan")
+        score = float(metrics.get(metric, nan))
         status = run.info.status
+        k = int(run.data.tags.get(TAG_REPLICATES, 1))
+        reps = (score,) if k == 1 else tuple(float(metrics.get(replicate_metric(metric, r), nan)) for r in range(k))
+        low, high = (float(metrics.get(name, nan)) for name in interval_metrics(metric))
         records.append(TrialRecord(run=run, trial_id=run.data.tags.get(TAG_TRIAL, ""), status=status,
-                                   outcome=outcome_of(run), epochs=int(run.data.metrics.get("epoch", 0)),
+                                   outcome=outcome_of(run), epochs=int(metrics.get("epoch", 0)),
                                    budget=budget_of(run), score=score,
-                                   eligible=status == FINISHED and math.isfinite(score)))
+                                   eligible=status == FINISHED and math.isfinite(score), replicates=k,
+                                   replicate_scores=reps, ci_low=low, ci_high=high))
     return records
 
 

@@ -99,14 +99,16 @@ class SearchProgress(tune.Callback):
 
 
 def progress_line(client, experiment_id: str, parent_run_id: str, metric: str, mode: str, total: int) -> str:
-    """'trials of 8: 1 running, 3 finished, ... | leader val/pearson 0.9 (trial id)' from the record."""
+    """'trials of 8: 1 running, 3 finished, ... | leader val/pearson 0.9 (trial id)' from the record; with
+    replicates the leader's score is its mean, followed by its interval: '0.9 [0.88, 0.92]'."""
     records = ledger.trial_records(client, experiment_id, parent_run_id, metric)
     counts = ledger.counts(records)
     counts["pending"] = total - sum(counts.values())
     text = f"trials of {total}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
     leader = ledger.winner(records, mode)
     if leader is not None:
-        text += f" | leader {metric} {leader.score:.4f} ({leader.trial_id})"
+        interval = f" [{leader.ci_low:.4f}, {leader.ci_high:.4f}]" if leader.replicates > 1 else ""
+        text += f" | leader {metric} {leader.score:.4f}{interval} ({leader.trial_id})"
     return text
 
 

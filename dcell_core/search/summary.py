@@ -13,9 +13,22 @@ def score_column(metric: str) -> str:
     return f"{metric} (last epoch)"
 
 
+def interval_columns(metric: str) -> tuple[str, str]:
+    """The table's columns of the interval of a replicated trial's mean score (ledger.CI_LEVEL)."""
+    level = f"ci{round(ledger.CI_LEVEL * 100)}"
+    return f"{metric} {level} low", f"{metric} {level} high"
+
+
 def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial in the ledger's ranking (the winner first): outcome, epochs of budget, score, parameters."""
-    columns = ["trial_id", "run_id", "status", "outcome", "epochs", score_column(metric), "competes", *params, "error"]
+    """One row per trial in the ledger's ranking (the winner first): outcome, epochs of budget, score, parameters.
+
+    When a trial has replicates (a search with `replicates: k`), its score is the mean over them, and the table
+    also has `replicates`, each replicate's score (`<metric> per replicate`, replicate 0 first, ';'-separated) and
+    the interval of the mean (interval_columns); a search without replicates has none of these columns."""
+    replicated = any(r.replicates > 1 for r in records)
+    extra = ["replicates", f"{metric} per replicate", *interval_columns(metric)] if replicated else []
+    columns = ["trial_id", "run_id", "status", "outcome", "epochs", score_column(metric), *extra, "competes", *params,
+               "error"]
     rows = []
     for r in ledger.ranked(records, mode):
         rows.append({
@@ -25,6 +38,8 @@ def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: s
             "outcome": r.outcome,
             "epochs": f"{r.epochs}/{r.budget if r.budget is not None else '?'}",
             score_column(metric): r.score,
+            **(dict(zip(extra, (r.replicates, ";".join(f"{v:.6g}" for v in r.replicate_scores), r.ci_low,
+                                r.ci_high))) if replicated else {}),
             "competes": r.eligible,
             **{p: r.run.data.params.get(p) for p in params},
             "error": r.run.data.tags.get(ledger.TAG_ERROR, ""),
@@ -37,6 +52,12 @@ def print_table(table: pd.DataFrame, metric: str, top: int, stream) -> None:
         print("(no trials)", file=stream)
         return
     shown = table.head(top).drop(columns=["run_id", "error"])
+    low, high = interval_columns(metric)
+    if low in shown:  # replicates: the mean, then its interval in one column
+        interval = [f"[{a:.4f}, {b:.4f}]" for a, b in zip(shown[low], shown[high])]
+        shown = shown.drop(columns=[low, high, f"{metric} per replicate"]).rename(
+            columns={score_column(metric): f"{metric} mean (last epoch)"})
+        shown.insert(shown.columns.get_loc("replicates") + 1, f"{round(ledger.CI_LEVEL * 100)}% interval", interval)
     with pd.option_context("display.max_columns", 50, "display.width", 200, "display.max_colwidth", 40):
         print(shown.to_string(index=False), file=stream)
 
