@@ -22,6 +22,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("overrides", nargs="*", help="extra fixed Hydra overrides for every trial (train.epochs=3 ...)")
     ap.add_argument("--num-samples", type=int, help="number of trials (default: the file's search.num_samples)")
     ap.add_argument("--max-concurrent", type=int, help="trials at once (default: the file's search.max_concurrent)")
+    ap.add_argument("--replicates", type=int, help="seeds each trial trains, its score their mean (default: the "
+                                                   "file's replicates, 1)")
     ap.add_argument("--address", help="existing Ray cluster, e.g. auto on its head node (default: a local Ray); "
                                       "with more than one node it needs an MLflow server as --tracking-uri and a "
                                       "--project-dir on storage every node shares (docs/cluster.md)")
@@ -31,8 +33,9 @@ def parser() -> argparse.ArgumentParser:
                                    "the search to continue")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted search (the latest one of this file, or --name); it keeps its "
-                         "overrides and --num-samples (other values are refused), takes new --max-concurrent and "
-                         "--max-failures, and a new --tracking-uri only when it reaches the search's own store")
+                         "overrides, --num-samples and --replicates (other values are refused), takes new "
+                         "--max-concurrent and --max-failures, and a new --tracking-uri only when it reaches the "
+                         "search's own store")
     ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
                     help="where mlflow.db, mlartifacts/ and ray_results/ live (default: the working directory); on "
                          "a cluster, a directory every node shares (NFS, EFS, Filestore, a ReadWriteMany volume)")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.file.is_file():
         print(f"error: search-space file not found: {args.file}", file=sys.stderr)
         return USAGE_EXIT
-    for flag, least in (("num_samples", 1), ("max_concurrent", 1), ("max_failures", 0)):
+    for flag, least in (("num_samples", 1), ("max_concurrent", 1), ("replicates", 1), ("max_failures", 0)):
         value = getattr(args, flag)
         if value is not None and value < least:
             print(f"error: --{flag.replace('_', '-')} must be >= {least}, got {value}", file=sys.stderr)
@@ -58,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from dcell_core.search.tracking import TrackingUnavailable
 
     req = SearchRequest(file=args.file, overrides=list(args.overrides), num_samples=args.num_samples,
-                        max_concurrent=args.max_concurrent, address=args.address, tracking_uri=args.tracking_uri,
-                        name=args.name, resume=args.resume, project_dir=args.project_dir,
-                        max_failures=args.max_failures, verbose=args.verbose)
+                        max_concurrent=args.max_concurrent, replicates=args.replicates, address=args.address,
+                        tracking_uri=args.tracking_uri, name=args.name, resume=args.resume,
+                        project_dir=args.project_dir, max_failures=args.max_failures, verbose=args.verbose)
     sigterm_as_interrupt()
     try:
         outcome = run_search(req)

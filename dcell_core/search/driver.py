@@ -40,6 +40,7 @@ class SearchRequest:
     overrides: list[str] = field(default_factory=list)
     num_samples: int | None = None
     max_concurrent: int | None = None
+    replicates: int | None = None
     address: str | None = None
     tracking_uri: str | None = None
     name: str | None = None
@@ -85,14 +86,18 @@ def run_search(req: SearchRequest) -> SearchOutcome:
     overrides = list(state["cli_overrides"]) if state else list(req.overrides)
     try:
         space = load_search_space(req.file, overrides, num_samples=None if state else req.num_samples,
-                                  max_concurrent=None if state else req.max_concurrent)
+                                  max_concurrent=None if state else req.max_concurrent,
+                                  replicates=state.get("replicates") if state else req.replicates)
     except SearchSpaceError as e:
         raise SearchUsageError(str(e)) from e
+    for note in space.notes:  # what the loader decided (e.g. an exact grid)
+        print(f"{req.file}: {note}", file=out, flush=True)
     file_hash = hashlib.sha256(Path(req.file).read_bytes()).hexdigest()
     if state:
         _check_resume(req, state, file_hash)
     settings = {
         "num_samples": state["num_samples"] if state else space.search.num_samples,
+        "replicates": space.replicates,
         "max_concurrent": req.max_concurrent or (state["max_concurrent"] if state else space.search.max_concurrent),
         "max_failures": (req.max_failures if req.max_failures is not None
                          else state.get("max_failures", DEFAULT_MAX_FAILURES) if state else DEFAULT_MAX_FAILURES),
@@ -401,6 +406,9 @@ def _check_resume(req: SearchRequest, state: dict, file_hash: str) -> None:
     if req.num_samples is not None and req.num_samples != state["num_samples"]:
         raise SearchUsageError(f"--resume: --num-samples {req.num_samples} cannot change a started search; it keeps "
                                f"num_samples={state['num_samples']}")
+    if req.replicates is not None and req.replicates != state.get("replicates", req.replicates):
+        raise SearchUsageError(f"--resume: --replicates {req.replicates} cannot change a started search; it keeps "
+                               f"replicates={state['replicates']}")
 
 
 def _resumed_parent(client, tracking_uri: str, state: dict):
