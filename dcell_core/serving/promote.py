@@ -163,10 +163,14 @@ def _check_last_epoch(client, winner: Winner, meta: dict) -> None:
     if meta["epoch"] != last_epoch:
         raise PromotionError(f"run {run.info.run_id}: its checkpoint is from epoch {meta['epoch']}, but the run logged "
                              f"{last_epoch} epochs; the checkpoint does not hold the model the metric describes")
+    # A trial with replicates logs their mean as its metric; its checkpoint is one replicate's (ledger.py).
+    replicate = run.data.tags.get(ledger.TAG_CHECKPOINT_REPLICATE)
+    name = winner.metric if replicate is None else ledger.replicate_metric(winner.metric, int(replicate))
+    expected = run.data.metrics.get(name)
     logged = meta["history"][-1].get(winner.metric) if meta["history"] else None
-    if logged is None or not math.isclose(float(logged), winner.value, rel_tol=1e-9, abs_tol=1e-12):
+    if logged is None or expected is None or not math.isclose(float(logged), expected, rel_tol=1e-9, abs_tol=1e-12):
         raise PromotionError(f"run {run.info.run_id}: its checkpoint records {winner.metric} {logged} at epoch "
-                             f"{meta['epoch']}, the run logged {winner.value}")
+                             f"{meta['epoch']}, the run logged {expected} ({name})")
 
 
 def rebuild_hierarchy(cfg):
