@@ -1,0 +1,1 @@
+"""Parts of the search report (dcell_core/search/report.py): statistics, plotly figures and the HTML page."""
