@@ -124,13 +124,28 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
+# MLflow's UI (3.x) opens an experiment without a kind on its GenAI overview (traces, token usage: empty for a
+# search) instead of its runs; a model-training experiment opens on the runs. The tag and value are those the
+# UI's own kind selector writes (mlflow/server/js: setExperimentTag "mlflow.experimentKind").
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """The experiment called `name`, created with artifacts under artifact_root/<name> when new."""
+    """The experiment called `name`, a model-training experiment (EXPERIMENT_KIND), created with artifacts under
+    artifact_root/<name> when new; an existing one without a kind gets it (one its user chose is kept)."""
+    key, kind = EXPERIMENT_KIND
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, kind)
         return found.experiment_id
     location = (artifact_root / name).as_uri() if artifact_root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={key: kind})
+
+
+def runs_view_url(ui_url: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table in the MLflow UI served at ui_url (the UI's hash route)."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:
