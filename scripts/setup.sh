@@ -27,6 +27,13 @@ platform_pth() {
     fi
 }
 
+# The browser tests (tests/test_report.py, tests/test_mlflow_ui.py) drive the system's chromium: installed when it
+# is missing and this runs as root with apt (Debian); otherwise those tests skip, saying how to install it.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+        echo "warning: apt-get could not install chromium; the browser tests will skip" >&2
+fi
+
 stamp="$VENV/.dcell-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
