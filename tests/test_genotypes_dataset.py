@@ -26,7 +26,7 @@ from dcell_core.genotypes import dataset as dataset_mod
 from dcell_core.ontology.hierarchy import Hierarchy
 
 DATA = Path(__file__).parent / "data" / "genotypes"
-SIM = dict(num_doubles=60, num_triples=40)
+SIM = dict(simulator="hierarchy_aligned", num_doubles=60, num_triples=40)
 
 
 def _toy(drop: str | None = None) -> Hierarchy:
@@ -134,7 +134,7 @@ def _key(hierarchy, cfg, base_dir) -> str:
 
 def test_cache_key_changes_with_every_setting(tmp_path, toy):
     base = GenotypeConfig(**SIM)
-    changes = [dict(split_seed=1), dict(val_fraction=0.2), dict(num_doubles=61), dict(noise_std=0.03),
+    changes = [dict(split_seed=1), dict(val_fraction=0.2), dict(num_doubles=61), dict(noise_std=0.04), dict(noise_slope=0.0),
                dict(seed=1), dict(threshold=0.3), dict(related_fraction=0.4)]
     keys = {_key(toy, base, tmp_path)} | {_key(toy, dataclasses.replace(base, **c), tmp_path) for c in changes}
     keys.add(_key(_toy(drop="YHL001C"), base, tmp_path))  # another hierarchy

@@ -14,7 +14,7 @@ from dcell_core.ontology.hierarchy import Hierarchy
 
 DATA = Path(__file__).parent / "data" / "genotypes"
 # toy hierarchy: 18 genes; non-root terms A (7 genes), B (6), C (7) bound the within-term draws
-SMALL = dict(num_doubles=100, num_triples=160, related_fraction=0.5)
+SMALL = dict(simulator="hierarchy_aligned", noise_slope=0.0, num_doubles=100, num_triples=160, related_fraction=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_within_term_draws_share_a_non_root_term(toy):
 
 def test_more_sets_than_possible_is_an_error(toy):
     with pytest.raises(ValueError, match="cannot draw 154 distinct 2-gene"):  # C(18, 2) = 153
-        simulate_genotypes(toy, GenotypeConfig(num_doubles=154, num_triples=0))
+        simulate_genotypes(toy, GenotypeConfig(simulator="hierarchy_aligned", num_doubles=154, num_triples=0))
     with pytest.raises(ValueError, match="within-term 2-gene"):  # only 54 pairs share a non-root term
-        simulate_genotypes(toy, GenotypeConfig(num_doubles=120, num_triples=0, related_fraction=0.5))
+        simulate_genotypes(toy, GenotypeConfig(simulator="hierarchy_aligned", num_doubles=120, num_triples=0, related_fraction=0.5))
 
 
 def test_fitness_model_by_hand(toy):

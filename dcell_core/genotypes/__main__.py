@@ -3,8 +3,9 @@
 What the composed data config's genotypes load as, exactly as a run sees them (load_run_data: the hierarchy,
 then the dataset, both through the cache): rows, distinct genes, rows by number of disrupted genes, the
 phenotype's mean and standard deviation, rows dropped and why (unknown genes, neutral markers, filters,
-missing values), repeated genotypes, split sizes. `--json` prints one object with at least `rows`, `genes`,
-`by_order`, `dropped` and `phenotype`. Bad overrides, missing or malformed files exit with status 2.
+missing values), repeated genotypes, split sizes; for simulated data the `simulation` statistics (truth_mismatch,
+frac_abs_eps_gt_0.08, positive_share, noise_ceiling_pearson, ...; docs/genotypes.md). `--json` prints one object
+with at least `rows`, `genes`, `by_order`, `dropped`, `phenotype` and `simulation` (null for files). Bad overrides, missing or malformed files exit with status 2.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def summarize(dataset, hierarchy_genes: int) -> dict:
         "repeats": {k: stats[k] for k in REPEAT_KEYS if k in stats},
         "splits": {name: int(len(rows)) for name, rows in dataset.splits.items()},
         "measurements": None if dataset.measurements is None else int(dataset.measurements.sum()),
-        "stats": stats,
+        "simulation": stats.get("simulation"),
+        "stats": {k: v for k, v in stats.items() if k != "simulation"},
         "cache": dataset.meta.get("cache"),
     }
 
@@ -82,7 +84,17 @@ def _print_text(s: dict) -> None:
     if s["repeats"]:
         print("repeats         " + ", ".join(f"{k} {v}" for k, v in s["repeats"].items()))
     print("splits          " + ", ".join(f"{k} {n:,}" for k, n in s["splits"].items()))
+    sim = s["simulation"]
+    if sim:
+        print(f"simulation      {sim['simulator']}: truth mismatch {sim['truth_mismatch']:.3f}; doubles with |eps| > "
+              f"0.08: {_share(sim['frac_abs_eps_gt_0.08'])}, positive {_share(sim['positive_share'])}; near-lethal "
+              f"singles (F < 0.2) {sim['single_near_lethal_share']:.1%}; noise ceiling Pearson (val) "
+              + ("n/a" if sim["noise_ceiling_pearson"] is None else f"{sim['noise_ceiling_pearson']:.3f}"))
     print(f"loaded in       {s['seconds']:.2f} s")
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,17 @@ MULTI_FILE_SOURCES = ("sga", "kuzmin")  # sources whose `path` may list several 
 ALLELE_CLASSES = ("deletion", "damp", "other")  # sga.allele_class; the order is the stored class code
 REPEAT_POLICIES = ("keep", "mean")
 DEFAULT_NEUTRAL_GENES = ("YDL227C",)  # HO: the hoΔ marker in every Kuzmin query strain
+SIMULATORS = ("modules", "hierarchy_aligned")
+# Settings that belong to one simulator: setting one under the other simulator is an error, not ignored.
+SIMULATOR_FIELDS = {
+    "modules": ("module_max_genes", "truth_drop", "truth_move", "truth_novel", "essential_fraction",
+                "essential_max_fitness", "gene_cost_scale", "gene_cost_shape", "complex_fraction", "complex_cost",
+                "pathway_min_share", "max_pathways_per_gene",
+                "redundant_fraction", "redundant_cost", "buffer_pairs", "buffer_cost", "buffer_sibling_bias"),
+    "hierarchy_aligned": ("threshold", "hill", "weight_scale"),
+}
+SHARED_SIMULATOR_FIELDS = ("simulator", "num_singles", "num_doubles", "num_triples", "related_fraction",
+                           "noise_std", "noise_slope", "seed")
 
 
 @dataclass
@@ -62,16 +73,39 @@ class GenotypeConfig:
     # Values of "Combined mutant type" to keep ("digenic", "trigenic"); null = every row.
     mutant_types: Optional[List[str]] = None
 
-    # ---- simulator (source == "simulate"); model documented in simulate.py and docs/genotypes.md ----------
+    # ---- simulator (source == "simulate"); models, equations and defaults in docs/genotypes.md ---------------
+    # "modules" (truth.py: a hidden biology the hierarchy only partly shows, calibrated to the Costanzo 2016
+    # interaction statistics) or "hierarchy_aligned" (simulate.py: fitness built on the model's own terms).
+    simulator: str = "modules"
     num_singles: int = -1  # single deletions; -1 = one per gene, else a sample of that many genes
     num_doubles: int = 10000  # distinct double deletions (defaults fit the 288-gene DNA repair hierarchy)
     num_triples: int = 5000  # distinct triple deletions
-    related_fraction: float = 0.5  # share of doubles / triples drawn inside one term (SGA-like bias)
+    related_fraction: float = 0.0  # share of doubles / triples drawn inside one hierarchy term (0: genome-wide)
+    noise_std: float = 0.03  # measurement noise sd at fitness 1
+    noise_slope: float = 0.05  # noise sd grows by this much as fitness falls to 0: sd = noise_std + slope (1 - F)
+    seed: int = 0  # simulator seed (the truth, sampled genotypes, noise: separate streams)
+    # "modules" only (truth.py)
+    module_max_genes: int = 60  # GO terms of 2 .. this many genes become modules of the truth
+    truth_drop: float = 0.1  # share of gene-to-module memberships dropped
+    truth_move: float = 0.1  # share moved to another random module
+    truth_novel: float = 0.2  # modules matching no GO term, as a share of the GO modules
+    essential_fraction: float = 0.17  # near-lethal genes (yeast: about 1,100 essential of 6,000)
+    essential_max_fitness: float = 0.2  # their single-deletion fitness is uniform in [0.01, this]
+    gene_cost_scale: float = 0.02  # other genes: cost c_g = scale x Lomax(shape), a heavy tail
+    gene_cost_shape: float = 1.5
+    complex_fraction: float = 0.4  # modules that fail once (positive interactions inside)
+    complex_cost: float = 0.3  # their cost L_m = complex_cost x Exp(1)
+    max_pathways_per_gene: int = 2  # a gene's loss counts in at most this many of its pathways
+    pathway_min_share: float = 0.6  # a member's loss removes a share p ~ U(this, 1) of its pathway
+    redundant_fraction: float = 0.3  # modules whose members buffer each other (negative inside)
+    redundant_cost: float = 0.25  # B_m = redundant_cost x Exp(1), paid from the second hit on
+    buffer_pairs: float = 1.5  # pairs of modules that buffer each other, per module (negative between)
+    buffer_cost: float = 0.25  # C = buffer_cost x Exp(1), paid when both modules are hit
+    buffer_sibling_bias: float = 0.8  # chance a module's buffering partner is a GO sibling
+    # "hierarchy_aligned" only (simulate.py)
     threshold: float = 0.25  # fraction of a term's contained genes hit at which the term is half failed
     hill: float = 4.0  # steepness of the term failure curve (> 1 = buffering, hits interact)
     weight_scale: float = 0.5  # mean fitness cost of a fully failed term (term weights ~ scale * Exp(1))
-    noise_std: float = 0.02  # Gaussian measurement noise added to fitness
-    seed: int = 0  # simulator seed (term weights, sampled genotypes, noise)
 
     # ---- splits (all sources); rows with the same gene set always share a split --------------------------
     val_fraction: float = 0.1  # share of rows in the validation split
@@ -105,23 +139,51 @@ def validate_config(cfg: GenotypeConfig) -> None:
         problems.append(f"repeats: {cfg.repeats!r} applies to genotype files; the simulator draws distinct "
                         "genotypes (use keep)")
     problems += _sga_problems(cfg) + _kuzmin_problems(cfg)
-    problems += [f"{n}: must be >= 0, got {getattr(cfg, n)}" for n in ("num_doubles", "num_triples",
-                                                                      "weight_scale", "noise_std")
-                 if getattr(cfg, n) < 0]
+    problems += [f"{n}: must be >= 0, got {getattr(cfg, n)}" for n in (
+        "num_doubles", "num_triples", "weight_scale", "noise_std", "noise_slope", "gene_cost_scale", "complex_cost",
+        "redundant_cost", "buffer_pairs", "buffer_cost") if getattr(cfg, n) < 0]
     if cfg.num_singles < -1:
         problems.append(f"num_singles: must be -1 (every gene) or >= 0, got {cfg.num_singles}")
-    problems += [f"{n}: must lie in [0, 1], got {getattr(cfg, n)}" for n in ("related_fraction", "val_fraction",
-                                                                            "test_fraction")
-                 if not 0.0 <= getattr(cfg, n) <= 1.0]
+    problems += [f"{n}: must lie in [0, 1], got {getattr(cfg, n)}" for n in (
+        "related_fraction", "val_fraction", "test_fraction", "truth_drop", "truth_move", "essential_fraction",
+        "complex_fraction", "redundant_fraction", "buffer_sibling_bias", "pathway_min_share") if not 0.0 <= getattr(cfg, n) <= 1.0]
     if cfg.val_fraction + cfg.test_fraction >= 1.0:
         problems.append(f"val_fraction + test_fraction: must be < 1 to leave training data, got "
                         f"{cfg.val_fraction} + {cfg.test_fraction}")
+    problems += _simulator_problems(cfg)
+    if problems:
+        raise ValueError("invalid genotype config: " + "; ".join(problems))
+
+
+def _simulator_problems(cfg: GenotypeConfig) -> list[str]:
+    problems = []
+    if cfg.simulator not in SIMULATORS:
+        return [f"simulator: {cfg.simulator!r} not in {list(SIMULATORS)}"]
+    defaults = GenotypeConfig()
+    for other, names in SIMULATOR_FIELDS.items():
+        if other != cfg.simulator:
+            problems += [f"{n}: applies to simulator {other!r} only, not {cfg.simulator!r}" for n in names
+                         if getattr(cfg, n) != getattr(defaults, n)]
     if not 0.0 < cfg.threshold <= 1.0:
         problems.append(f"threshold: must lie in (0, 1], got {cfg.threshold}")
     if cfg.hill <= 0:
         problems.append(f"hill: must be > 0, got {cfg.hill}")
-    if problems:
-        raise ValueError("invalid genotype config: " + "; ".join(problems))
+    if cfg.module_max_genes < 2:
+        problems.append(f"module_max_genes: must be >= 2, got {cfg.module_max_genes}")
+    if cfg.truth_drop + cfg.truth_move > 1.0:
+        problems.append(f"truth_drop + truth_move: must be <= 1, got {cfg.truth_drop} + {cfg.truth_move}")
+    if cfg.truth_novel < 0:
+        problems.append(f"truth_novel: must be >= 0, got {cfg.truth_novel}")
+    if cfg.complex_fraction + cfg.redundant_fraction > 1.0:
+        problems.append(f"complex_fraction + redundant_fraction: must be <= 1, got {cfg.complex_fraction} + "
+                        f"{cfg.redundant_fraction}")
+    if not 0.01 < cfg.essential_max_fitness <= 1.0:
+        problems.append(f"essential_max_fitness: must lie in (0.01, 1], got {cfg.essential_max_fitness}")
+    if cfg.max_pathways_per_gene < 1:
+        problems.append(f"max_pathways_per_gene: must be >= 1, got {cfg.max_pathways_per_gene}")
+    if cfg.gene_cost_shape <= 0:
+        problems.append(f"gene_cost_shape: must be > 0, got {cfg.gene_cost_shape}")
+    return problems
 
 
 def _path_problems(cfg: GenotypeConfig) -> list[str]:

@@ -112,7 +112,7 @@ def build_dataset(hierarchy: Hierarchy, cfg: GenotypeConfig, base_dir: str | Pat
     source = describe_source(cfg, base_dir) if source is None else source
     measurements = None
     if cfg.source == "simulate":
-        sim = simulate_genotypes(hierarchy, cfg)
+        sim = simulate_genotypes(hierarchy, cfg, base_dir)
         gene_indices, offsets = sim.gene_indices, sim.offsets
         phenotypes, stats, files = sim.fitness.astype(np.float32), sim.stats, None
         names: tuple[str, ...] = ("fitness",)
@@ -126,6 +126,10 @@ def build_dataset(hierarchy: Hierarchy, cfg: GenotypeConfig, base_dir: str | Pat
     if len(phenotypes) == 0:
         raise GenotypeDataError(f"no genotypes left to build a dataset from ({cfg.source}, stats {stats})")
     splits = split_rows(gene_indices, offsets, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    if cfg.source == "simulate":  # the best any model can reach: the noise-free truth against the measurement
+        val = splits["val"]
+        stats["simulation"]["noise_ceiling_pearson"] = (
+            float(np.corrcoef(sim.fitness_true[val], sim.fitness[val])[0, 1]) if len(val) > 1 else None)
     meta = {"key": key, "source": dict(source), "stats": _jsonable(stats),
             "source_path": files[0] if files and len(files) == 1 else files,
             "hierarchy": cache.hierarchy_digest(hierarchy), "split_sizes": {n: len(r) for n, r in splits.items()}}

@@ -1,6 +1,17 @@
-"""Simulated deletion genotypes whose fitness follows the hierarchy (for demos and learnability tests).
+"""Simulated deletion screens: genotypes, a noise-free fitness F(S) and a noisy measurement.
 
-Generative model (all knobs in `GenotypeConfig`, defaults in brackets):
+Two generative models (`GenotypeConfig.simulator`):
+
+* "modules" (the default, truth.py): a hidden biology built from the unfiltered GO annotations, partly unlike
+  the model's hierarchy, with gene-specific costs, a near-lethal gene set, and negative and positive
+  interactions calibrated to the Costanzo 2016 screen (docs/genotypes.md).
+* "hierarchy_aligned" (below): fitness built on exactly the model's own terms, so its structure is right by
+  construction; for learnability tests.
+
+Both draw genotypes the same way (below) and measure F(S) + N(0, sd(F)^2) with sd(F) = noise_std +
+noise_slope (1 - F): noise grows as fitness falls.
+
+The "hierarchy_aligned" model (knobs in `GenotypeConfig`, defaults in brackets):
 
 * Every term t has a fitness weight w_t = weight_scale [0.5] * Exp(1), drawn once per seed.
 * A genotype S (a set of deleted genes) hits h_t = |S ∩ G_t| of the n_t genes contained in t (G_t = genes
@@ -10,14 +21,14 @@ Generative model (all knobs in `GenotypeConfig`, defaults in brackets):
 
   With q > 1 the curve is flat near zero: a term buffers one hit (redundant members) and fails when several
   of its genes are hit together. Small terms (complexes) fail after one or two hits, large terms almost never.
-* Fitness is multiplicative over terms: F(S) = exp(-sum_t w_t d_t(S)); the measurement is F(S) + N(0,
-  noise_std^2) [noise_std 0.02].
+* Fitness is multiplicative over terms: F(S) = exp(-sum_t w_t d_t(S)).
 
 Genes that share a small term therefore interact negatively (synthetic sickness: F(ab) < F(a) F(b)), genes in
 unrelated terms combine multiplicatively. An additive per-gene model cannot express this, a model that follows
 the hierarchy can. Genotypes: every gene (or `num_singles` of them) as a single deletion, then `num_doubles`
-and `num_triples` distinct multi-gene deletions; a `related_fraction` of these draws its genes from one non-root
-term (like SGA screens, which cross genes of the same pathway), the rest from all genes uniformly.
+and `num_triples` distinct multi-gene deletions; a `related_fraction` [0] of these draws its genes from one
+non-root term of the hierarchy (a bias toward related genes), the rest from all genes uniformly (genome-wide, as
+SGA crosses every query with every array strain).
 """
 from __future__ import annotations
 
@@ -28,8 +39,11 @@ import numpy as np
 
 from dcell_core.ontology.hierarchy import Hierarchy
 
-from .config import GenotypeConfig, validate_config
+from .config import SHARED_SIMULATOR_FIELDS, SIMULATOR_FIELDS, GenotypeConfig, validate_config
 from .csr import row_of_entries
+from .truth import TruthModel, build_truth
+
+EPS_CUTOFF = 0.08  # |eps| above which a double mutant counts as interacting (Costanzo 2016 intermediate cutoff)
 
 _MAX_ROUNDS = 64  # rejection rounds when drawing distinct genotypes before giving up with an error
 
@@ -82,34 +96,87 @@ class FitnessModel:
 class SimulatedGenotypes:
     gene_indices: np.ndarray  # int64 [nnz], CSR genotypes (singles, then doubles, then triples)
     offsets: np.ndarray  # int64 [N + 1]
-    fitness: np.ndarray  # float64 [N], measured = noise-free + Gaussian noise
+    fitness: np.ndarray  # float64 [N], measured = noise-free + noise
     fitness_true: np.ndarray  # float64 [N], noise-free F(S)
-    model: FitnessModel
-    stats: dict  # counts per order and how many were drawn inside a term
+    model: FitnessModel | TruthModel
+    stats: dict  # counts per order, how many were drawn inside a term, and the "simulation" statistics
 
 
-def simulate_genotypes(hierarchy: Hierarchy, cfg: GenotypeConfig) -> SimulatedGenotypes:
-    """Draw genotypes and their fitness under the model of the module docstring; deterministic in cfg.seed."""
+def simulate_genotypes(hierarchy: Hierarchy, cfg: GenotypeConfig, base_dir=None,
+                       modules: tuple[dict, dict] | None = None) -> SimulatedGenotypes:
+    """Draw genotypes and their fitness under cfg.simulator's model; deterministic in cfg.seed.
+
+    "modules" builds its truth from the unfiltered annotations behind the hierarchy (its provenance config,
+    files resolved against base_dir), or from `modules` = (term -> gene names, term -> parent terms) when given."""
     validate_config(cfg)
-    weights_ss, singles_ss, doubles_ss, triples_ss, noise_ss = np.random.SeedSequence(cfg.seed).spawn(5)
-    weights = cfg.weight_scale * np.random.default_rng(weights_ss).exponential(1.0, hierarchy.num_terms)
-    model = FitnessModel.from_hierarchy(hierarchy, weights, cfg.threshold, cfg.hill)
+    truth_ss, singles_ss, doubles_ss, triples_ss, noise_ss = np.random.SeedSequence(cfg.seed).spawn(5)
+    if cfg.simulator == "hierarchy_aligned":
+        weights = cfg.weight_scale * np.random.default_rng(truth_ss).exponential(1.0, hierarchy.num_terms)
+        model = FitnessModel.from_hierarchy(hierarchy, weights, cfg.threshold, cfg.hill)
+        mismatch = 0.0
+    else:
+        terms, parents = _annotation_modules(hierarchy, base_dir) if modules is None else modules
+        model = build_truth(cfg, hierarchy.genes, terms, parents, np.random.default_rng(truth_ss))
+        sets = hierarchy.contained_gene_sets()
+        mismatch = model.mismatch({t: sets[i] for i, t in enumerate(hierarchy.terms)})
     groups, stats = [_singles(hierarchy.num_genes, cfg.num_singles, np.random.default_rng(singles_ss))], {}
     stats["singles"] = len(groups[0])
     for k, count, ss in ((2, cfg.num_doubles, doubles_ss), (3, cfg.num_triples, triples_ss)):
-        sets, related = _multi(hierarchy, k, count, cfg.related_fraction, np.random.default_rng(ss))
-        groups.append(sets)
-        stats[f"order{k}"], stats[f"order{k}_within_term"] = len(sets), related
+        sets_k, related = _multi(hierarchy, k, count, cfg.related_fraction, np.random.default_rng(ss))
+        groups.append(sets_k)
+        stats[f"order{k}"], stats[f"order{k}_within_term"] = len(sets_k), related
     gene_indices, offsets = _to_csr(groups)
     fitness_true = model.fitness(gene_indices, offsets)
-    noise = np.random.default_rng(noise_ss).normal(0.0, cfg.noise_std, len(fitness_true))
+    sd = cfg.noise_std + cfg.noise_slope * (1.0 - np.clip(fitness_true, 0.0, 1.0))
+    noise = np.random.default_rng(noise_ss).normal(0.0, 1.0, len(fitness_true)) * sd
+    stats["simulation"] = {"simulator": cfg.simulator, "truth_mismatch": mismatch,
+                           **interaction_stats(model, hierarchy.num_genes, groups[1]), **_truth_counts(model)}
     return SimulatedGenotypes(gene_indices, offsets, fitness_true + noise, fitness_true, model, stats)
+
+
+def interaction_stats(model, num_genes: int, doubles: np.ndarray) -> dict:
+    """Interaction statistics of the noise-free truth over the sampled doubles [n, 2]: eps = F_ab - F_a F_b, the
+    share with |eps| > EPS_CUTOFF and the positive share of those; and the single-deletion fitness of every gene
+    (quantiles, near-lethal share F < 0.2)."""
+    singles = model.fitness(np.arange(num_genes, dtype=np.int64), np.arange(num_genes + 1, dtype=np.int64))
+    out = {"single_fitness_quantiles": {q: float(np.quantile(singles, float(q))) for q in
+                                        ("0.05", "0.1", "0.25", "0.5", "0.75", "0.95")},
+           "single_near_lethal_share": float((singles < 0.2).mean())}
+    if len(doubles) == 0:
+        return {**out, "frac_abs_eps_gt_0.08": None, "positive_share": None, "doubles": 0}
+    flat, offsets = _to_csr([doubles])
+    eps = model.fitness(flat, offsets) - singles[doubles[:, 0]] * singles[doubles[:, 1]]
+    strong = np.abs(eps) > EPS_CUTOFF
+    return {**out, "doubles": int(len(doubles)), "frac_abs_eps_gt_0.08": float(strong.mean()),
+            "positive_share": float((eps[strong] > 0).mean()) if strong.any() else None,
+            "negative_interactions": int((strong & (eps < 0)).sum()),
+            "positive_interactions": int((strong & (eps > 0)).sum())}
+
+
+def _truth_counts(model) -> dict:
+    if not isinstance(model, TruthModel):
+        return {}
+    return {"modules": model.num_modules, "novel_modules": sum(t.startswith("novel:") for t in model.module_ids),
+            "complexes": int((model.complex_cost > 0).sum()), "redundant_modules": int((model.redundant_cost > 0).sum()),
+            "buffering_pairs": int(model.buffer.nnz // 2), "near_lethal_genes": int(model.essential.sum())}
+
+
+def _annotation_modules(hierarchy: Hierarchy, base_dir) -> tuple[dict, dict]:
+    """The unfiltered GO modules over the hierarchy's genes, from the ontology config it was built with."""
+    from dcell_core.ontology.build import annotation_modules
+    from dcell_core.ontology.config import OntologyConfig
+
+    config = hierarchy.provenance.get("config")
+    if not config:
+        raise ValueError("simulator 'modules' builds its truth from the GO annotations behind the hierarchy, but this "
+                         "hierarchy carries no ontology config (built by hand): pass modules=, or use "
+                         "simulator=hierarchy_aligned")
+    return annotation_modules(OntologyConfig(**config), base_dir, frozenset(hierarchy.genes))
 
 
 def simulation_settings(cfg: GenotypeConfig) -> dict:
     """The config fields that determine simulated data (they enter the dataset cache key)."""
-    names = ("num_singles", "num_doubles", "num_triples", "related_fraction", "threshold", "hill",
-             "weight_scale", "noise_std", "seed")
+    names = SHARED_SIMULATOR_FIELDS + SIMULATOR_FIELDS[cfg.simulator]
     return {n: getattr(cfg, n) for n in names}
 
 

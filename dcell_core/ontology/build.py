@@ -214,3 +214,23 @@ def initial_state(go: GoGraph, annotations: AnnotationSet, cfg: OntologyConfig,
         records[term].add((rec.gene, rec.evidence, rec.date))
     counts["unknown_go_ids"] = sorted(unknown_ids)[:20]
     return FilterState(state_children, state_parents, records, root, annotations.has_dates), counts
+
+
+def annotation_modules(cfg: OntologyConfig, base_dir: str | Path | None,
+                       genes: frozenset[str]) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """The unfiltered GO modules over `genes`: every live term in cfg's scope (its root's descendants, or its
+    namespaces) with the genes annotated to it or to any descendant, from every annotation record whatever its
+    evidence or date, with no containment, redundancy or reduction filter. Terms containing fewer than two of
+    `genes` are left out. Returns (term -> genes, term -> its parent terms among those returned or above them).
+
+    This is what a simulated screen's hidden truth is built from (genotypes.truth): the biology the model's
+    filtered hierarchy only partly shows."""
+    cfg.validate()
+    go = load_go(resolve_path(cfg.obo, base_dir), tuple(cfg.relations))
+    state, _ = initial_state(go, read_annotations(cfg, base_dir), cfg, GeneUniverse("file", frozenset(genes)))
+    contained: dict[str, frozenset[str]] = {}
+    for t in state.post_order():
+        direct = {g for g, _, _ in state.records[t]}
+        contained[t] = frozenset(direct.union(*(contained[c] for c in state.children[t])))
+    kept = {t: g for t, g in contained.items() if len(g) >= 2 and t != SYNTHETIC_ROOT}
+    return kept, {t: frozenset(p for p in state.parents[t] if p in kept) for t in kept}
