@@ -230,3 +230,26 @@ def test_schema_problems_name_their_keys(tmp_path):
     for line in expected:
         assert any(f.startswith(line) for f in found), (line, found)
     assert len(found) == len(expected), found
+
+
+@pytest.mark.slow
+def test_norms_search_in_ray_tune_runs_eight_distinct_configurations(tmp_path):
+    # The searcher inside a real local Tune run (a trial function that reports once, no training): 8 trials, 2 at
+    # a time, 8 different configurations.
+    import ray
+    from ray import tune
+
+    space = load_search_space(NORMS)
+
+    def score(config):
+        tune.report({"val/pearson": (hash(config_key(config)) % 1000) / 1000})
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(score, param_space=to_tune_param_space(space), tune_config=tune.TuneConfig(
+            search_alg=make_search_alg(space), num_samples=space.search.num_samples),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    configs = {config_key(r.config) for r in results}
+    assert len(results) == 8 and len(configs) == 8 and not results.errors

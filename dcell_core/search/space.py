@@ -8,10 +8,11 @@ A search-space file names Hydra keys of the composed DCell config and how to sam
     overrides: [data=yeast_dna_repair, train.epochs=5]   # fixed Hydra overrides of every trial (optional)
     metric: val/pearson              # one of KNOWN_METRICS (what the trial function reports each epoch)
     mode: max                        # max | min; must agree with the metric's direction where it has one
+    replicates: 1                    # seeds each trial trains (optional, default 1; the platform derives them)
     search:
       algorithm: optuna              # optuna (TPE, the default) | random | grid
-      seed: 0                        # seeds TPE / the random variant generator
-      num_samples: 8                 # trials; for `grid`: repeats of the whole grid (Ray Tune semantics)
+      seed: 0                        # seeds TPE / the random sampler
+      num_samples: 8                 # trials, at most the number of distinct configurations; grid: 1 (or that number)
       max_concurrent: 2              # trials running at once
     scheduler:
       type: asha                     # asha (the default) | median | none
@@ -25,19 +26,25 @@ A search-space file names Hydra keys of the composed DCell config and how to sam
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}   # lo > 0
       loss.alpha: {uniform: [0.0, 1.0]}
       model.subsystem_layers: {randint: [1, 3]}  # integers, BOTH bounds inclusive: 1, 2 or 3
-      train.seed: {grid: [0, 1, 2]}              # algorithm random or grid only
+      train.seed: {grid: [0, 1, 2]}              # algorithm grid only (there, choice and randint are enumerated too)
       train.batch_size: {fixed: 64}              # a constant, logged with the sampled parameters
 
-Required: everything above except `overrides`, `search.algorithm` (optuna), `scheduler.type` (asha),
-`scheduler.max_t` (train.epochs) and `resources.gpu` (0); none of these defaults replaces an invalid value.
+Required: everything above except `overrides`, `replicates` (1), `search.algorithm` (optuna), `scheduler.type`
+(asha), `scheduler.max_t` (train.epochs) and `resources.gpu` (0); none of these defaults replaces an invalid value.
+The structure is the pydantic models of dcell_core.search.spec_fields; the checks against the config are in
+spec_config.
 
-Rules that are not obvious from the format: `optuna` takes no `grid` distribution (TPE cannot enumerate);
-`grid` takes only `grid` and `fixed`; `random` takes everything (each grid point is combined with
-`num_samples` random draws, as in Ray Tune). A key may not be both searched and fixed in `overrides` or on
-the command line. The fixed config (base + overrides) must pass each section's `validate()`. Every sampled
-value (each choice / grid value, both range ends, the fixed value) is type-checked against the structured
-config, and its section's `validate()` must accept it for at least one combination of the other searched
-values of that section (cross-field rules such as heads dividing the embedding size). `resources.gpu` must
+Designs: no search runs one configuration twice. `grid` runs every combination of its parameters' values once
+(Tune's grid_search, in its fixed order). `optuna` (TPE) and `random` sample, and a sampled configuration equal to
+an earlier trial's is asked again (dcell_core.search.distinct). When every parameter is finite (choice, grid,
+randint, fixed), `num_samples` may not exceed the number of distinct configurations, and when it equals it the
+search runs as a grid (a note says so). `train.seed` may not be searched with `replicates` > 1. A key may not be
+both searched and fixed in `overrides` or on the command line.
+
+Against the config: the fixed config (base + overrides) must pass each section's `validate()`. Every sampled value
+(each choice / grid value, both range ends, the fixed value) is type-checked against the structured config, and
+its section's `validate()` must accept it for at least one combination of the other searched values of that
+section (cross-field rules such as heads dividing the embedding size). `resources.gpu` must
 agree with `train.device` (cpu: no GPU; cuda: a GPU).
 
 `load_search_space` reports every problem at once in one SearchSpaceError, a `FILE:LINE: key.path: problem`

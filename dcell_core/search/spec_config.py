@@ -278,16 +278,15 @@ def _check_device(report: _Report, cfg: DictConfig, resources: Optional[Resource
 
 
 def _check_kinds(report: _Report, algorithm: Optional[str], params: list[Parameter], replicates: Optional[int]) -> None:
-    why = {"optuna": "TPE samples, it cannot enumerate a grid: use choice, or algorithm grid",
-           "random": "random search samples, it cannot enumerate a grid: use choice, or algorithm grid",
-           "grid": "a grid search enumerates values: use grid, choice, randint or fixed, or algorithm optuna / random"}
     for p in params:
         if algorithm in ALLOWED_KINDS and p.kind not in ALLOWED_KINDS[algorithm]:
-            report.add(("parameters", p.key, p.kind), f"not allowed with algorithm {algorithm}: {why[algorithm]}")
+            report.add(("parameters", p.key, p.kind), f"not allowed with algorithm {algorithm}: " + (
+                "a grid enumerates values: use grid, choice, randint or fixed" if algorithm == "grid" else
+                f"{'TPE' if algorithm == 'optuna' else 'random search'} samples, it cannot enumerate a grid: use "
+                "choice, or algorithm grid"))
         if p.key == "train.seed" and p.kind != "fixed" and replicates is not None and replicates > 1:
-            report.add(("parameters", p.key), f"searched together with replicates: {replicates}: the platform "
-                                              "derives each replicate's seed (search train.seed only with "
-                                              "replicates: 1)")
+            report.add(("parameters", p.key), f"searched together with replicates: {replicates}: the platform derives "
+                                              "each replicate's seed (search train.seed only with replicates: 1)")
     if params and all(p.kind == "fixed" for p in params):
         report.add(("parameters",), "every parameter is fixed: nothing to search")
 

@@ -5,9 +5,9 @@ Validation is strict: the validators below accept exactly what the format allows
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Iterable, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, PlainValidator, Tag,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, PlainValidator, Tag,
                       TypeAdapter, ValidationError, model_validator)
 from pydantic_core import PydanticCustomError
 
@@ -20,33 +20,19 @@ def _fail(message: str) -> None:
     raise PydanticCustomError("dcell", "{message}", {"message": message})
 
 
-def _checked(test: Callable[[Any], bool], expected: str, convert: Callable = lambda v: v) -> PlainValidator:
+def _rule(test: Callable[[Any], Any], problem: str | Callable[[Any], str], convert: Callable = lambda v: v) -> Any:
+    """A validator: the value (converted) where test(value) holds, else the problem (a text: "expected TEXT, got
+    VALUE"; or a function of the value)."""
     def validate(value: Any) -> Any:
         if not test(value):
-            _fail(f"expected {expected}, got {value!r}")
+            _fail(problem(value) if callable(problem) else f"expected {problem}, got {value!r}")
         return convert(value)
     return PlainValidator(validate)
 
 
-def _one_of(allowed: tuple[str, ...], what: str = "") -> PlainValidator:
-    def validate(value: Any) -> str:
-        if not isinstance(value, str) or value not in allowed:
-            _fail(f"{value!r} is not one of {', '.join(allowed)}{_suggest(value, allowed)}{what}")
-        return value
-    return PlainValidator(validate)
-
-
-def _name(value: Any) -> str:
-    if not NAME_RE.fullmatch(value):
-        _fail(f"{value!r}: use only letters, digits, '_', '.', '-' (it names the MLflow experiment)")
-    return value
-
-
-def _metric(value: Any) -> str:
-    if not (isinstance(value, str) and value in KNOWN_METRICS):
-        _fail(f"{value!r} is never reported by the trial function{_suggest(value, KNOWN_METRICS)}; known metrics: "
-              f"{', '.join(KNOWN_METRICS)}")
-    return value
+def _one_of(allowed: Iterable[str]) -> Any:
+    return _rule(lambda v: isinstance(v, str) and v in allowed,
+                 lambda v: f"{v!r} is not one of {', '.join(allowed)}{_suggest(v, allowed)}")
 
 
 def _value(value: Any) -> Any:
@@ -59,15 +45,11 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _nonempty_list(value: Any) -> list:
-    if not isinstance(value, list) or not value:
-        _fail(f"expected a non-empty list of values, got {value!r}")
-    return value
-
-
-def _distinct(values: list) -> tuple:
+def _values(values: Any) -> tuple:
+    if not isinstance(values, list) or not values:
+        _fail(f"expected a non-empty list of values, got {values!r}")
     seen: dict[str, int] = {}
-    for i, value in enumerate(values):
+    for i, value in enumerate(_value(values)):
         text = format_override_value(value)  # identical override text = the same trial config
         if text in seen:
             _fail(f"value {value!r} (item {i}) repeats item {seen[text]}: it would be sampled twice as often")
@@ -75,7 +57,7 @@ def _distinct(values: list) -> tuple:
     return tuple(values)
 
 
-def _range(integers: bool, positive: bool = False) -> PlainValidator:
+def _range(integers: bool, positive: bool = False) -> Any:
     def validate(args: Any) -> tuple:
         ok = _is_int if integers else _is_number
         if not (isinstance(args, list) and len(args) == 2 and all(ok(v) for v in args)):
@@ -89,23 +71,15 @@ def _range(integers: bool, positive: bool = False) -> PlainValidator:
     return PlainValidator(validate)
 
 
-def _hydra_key(key: Any) -> str:
-    if not isinstance(key, str) or not HYDRA_KEY_RE.fullmatch(key):
-        _fail("expected a dotted Hydra key such as model.norm_type")
-    return key
-
-
-def _some(params: dict) -> dict:
-    if not params:
-        _fail("no parameters to search")
-    return params
-
-
-Text = Annotated[str, _checked(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")]
-Count = Annotated[int, _checked(lambda v: _is_int(v) and v >= 1, "an integer >= 1")]
-Integer = Annotated[int, _checked(_is_int, "an integer")]
+Text = Annotated[str, _rule(lambda v: isinstance(v, str) and v.strip(), "a non-empty string")]
+Count = Annotated[int, _rule(lambda v: _is_int(v) and v >= 1, "an integer >= 1")]
 Value = Annotated[Any, PlainValidator(_value)]
-Values = Annotated[list[Value], BeforeValidator(_nonempty_list), AfterValidator(_distinct)]
+Values = Annotated[tuple, PlainValidator(_values)]
+HydraKey = Annotated[str, _rule(lambda k: isinstance(k, str) and HYDRA_KEY_RE.fullmatch(k),
+                                lambda k: "expected a dotted Hydra key such as model.norm_type")]
+Metric = Annotated[str, _rule(lambda v: isinstance(v, str) and v in KNOWN_METRICS, lambda v: (
+    f"{v!r} is never reported by the trial function{_suggest(v, KNOWN_METRICS)}; known metrics: "
+    f"{', '.join(KNOWN_METRICS)}"))]
 
 
 class _Strict(BaseModel):
@@ -114,7 +88,7 @@ class _Strict(BaseModel):
 
 class SearchSettings(_Strict):
     algorithm: Annotated[str, _one_of(ALGORITHMS)] = "optuna"
-    seed: Integer
+    seed: Annotated[int, _rule(_is_int, "an integer")]
     num_samples: Count  # trials; for grid: 1 or the grid's size (each configuration once)
     max_concurrent: Count
 
@@ -122,7 +96,7 @@ class SearchSettings(_Strict):
 class AshaSettings(_Strict):
     type: Literal["asha"] = "asha"
     grace_period: Count
-    reduction_factor: Annotated[float, _checked(lambda v: _is_number(v) and v > 1, "a number > 1")]
+    reduction_factor: Annotated[float, _rule(lambda v: _is_number(v) and v > 1, "a number > 1")]
     max_t: Optional[Count] = None  # the largest train.epochs of any trial (filled in when left out)
 
 
@@ -147,9 +121,9 @@ SCHEDULER_MODELS = {"asha": AshaSettings, "median": MedianSettings, "none": NoSc
 
 
 class Resources(_Strict):
-    cpu: Annotated[float, _checked(lambda v: _is_number(v) and v > 0, "a number > 0", float)]
-    gpu: Annotated[float, _checked(lambda v: _is_number(v) and v >= 0, "a number >= 0 (fractions share a GPU)",
-                                   float)] = 0.0
+    cpu: Annotated[float, _rule(lambda v: _is_number(v) and v > 0, "a number > 0", float)]
+    gpu: Annotated[float, _rule(lambda v: _is_number(v) and v >= 0, "a number >= 0 (fractions share a GPU)",
+                                float)] = 0.0
 
 
 class Distribution(_Strict):
@@ -176,16 +150,17 @@ class Distribution(_Strict):
 
 
 class SearchFile(_Strict):
-    name: Annotated[Text, AfterValidator(_name)]
+    name: Annotated[str, _rule(lambda v: isinstance(v, str) and NAME_RE.fullmatch(v), lambda v: (
+        f"{v!r}: use only letters, digits, '_', '.', '-' (it names the MLflow experiment)"))]
     description: Text
-    overrides: Annotated[list, _checked(lambda v: isinstance(v, list), "a list of Hydra overrides (key=value)")] = []
-    metric: Annotated[str, PlainValidator(_metric)]
+    overrides: Annotated[list, _rule(lambda v: isinstance(v, list), "a list of Hydra overrides (key=value)")] = []
+    metric: Metric
     mode: Annotated[str, _one_of(MODES)]
     replicates: Count = 1  # seeds trained per trial (the platform derives them)
     search: SearchSettings
     scheduler: SchedulerSettings
     resources: Resources
-    parameters: Annotated[dict[Annotated[str, PlainValidator(_hydra_key)], Distribution], AfterValidator(_some)]
+    parameters: Annotated[dict[HydraKey, Distribution], AfterValidator(lambda d: d or _fail("no parameters to search"))]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,17 +183,13 @@ def valid_part(data: dict, key: str) -> Any:
     if key == "parameters":
         if not isinstance(data[key], dict):
             return None
-        params = {k: _validated(Distribution, spec) for k, spec in data[key].items() if _validated(_HydraKey, k)}
+        params = {k: _validated(Distribution, spec) for k, spec in data[key].items() if _validated(HydraKey, k)}
         return {k: d for k, d in params.items() if d is not None}
     value, field = data[key], SearchFile.model_fields[key]
-    model = {"search": SearchSettings, "resources": Resources,
-             "scheduler": SCHEDULER_MODELS.get(_scheduler_type(value))}.get(key)
+    model = SCHEDULER_MODELS.get(_scheduler_type(value)) if key == "scheduler" else _MODELS.get((key,))
     if model is not None and isinstance(value, dict):  # unknown keys are reported; the rest can still be checked
         value = {k: v for k, v in value.items() if k in model.model_fields}
     return _validated(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation, value)
-
-
-_HydraKey = Annotated[str, PlainValidator(_hydra_key)]
 
 
 def _validated(annotation: Any, value: Any) -> Any:
