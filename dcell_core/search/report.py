@@ -70,6 +70,7 @@ def build(client: MlflowClient, parent, metric: str, mode: str, parameters) -> s
                  ["yes" if flags[r.run_id] else "" for r in ranked])
     if not table["error"].astype(bool).any():
         table = table.drop(columns=["error"])
+    table = table[[c for c in table.columns if c != "run_id"] + ["run_id"]]  # the long id last
     scored = pd.DataFrame([{**{k: r.run.data.params.get(k) for k in keys}, stats.SCORE: r.score}
                            for r in records if math.isfinite(r.score)], columns=[*keys, stats.SCORE])
     name = parent.data.tags.get(ledger.TAG_SEARCH, run_id)

@@ -7,12 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from dcell_core.search import ledger
 from dcell_core.search.reporting.stats import SCORE, Marginal
 
-STOP_MARK = dict(symbol="x", size=12, line=dict(width=2))
+STOP_MARK = dict(symbol="x", size=13, line=dict(width=1, color="black"))
+COLORS = qualitative.Dark24
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=30, t=60, b=50))
 
 
@@ -41,13 +43,14 @@ def learning_curves(curves: list[dict], metric: str) -> go.Figure:
     """Every trial's metric per epoch in one panel; ASHA's stops marked with an x at the last epoch."""
     fig = go.Figure()
     stop_legend = True
-    for c in curves:
+    for i, c in enumerate(curves):
         dash = "dot" if c["outcome"] in ("failed", "interrupted") else "solid"
+        color = COLORS[i % len(COLORS)]
         fig.add_trace(go.Scatter(x=c["epochs"], y=c["values"], mode="lines+markers", name=c["label"],
-                                 line=dict(dash=dash), legendgroup=c["label"]))
+                                 line=dict(dash=dash, color=color), legendgroup=c["label"]))
         if c["outcome"] == "stopped early" and c["epochs"]:
             fig.add_trace(go.Scatter(x=[c["epochs"][-1]], y=[c["values"][-1]], mode="markers",
-                                     marker=dict(color="black", **STOP_MARK), name="stopped by ASHA",
+                                     marker=dict(color=color, **STOP_MARK), name="x: stopped by ASHA",
                                      legendgroup="asha", showlegend=stop_legend,
                                      hovertemplate=f"{c['label']}: stopped by ASHA after epoch %{{x}}<extra></extra>"))
             stop_legend = False

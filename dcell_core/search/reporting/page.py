@@ -33,6 +33,7 @@ ul.facts { list-style: none; padding: 0; font-size: 0.95em; } ul.facts li { marg
 .resolved { color: #1b5e20; } .unresolved { color: #8d6e00; } .flag { color: #b71c1c; }
 img.plot { max-width: 48%; margin: 0.5em 1% 0 0; border: 1px solid #eee; }
 nav a { margin-right: 1em; font-size: 0.9em; }
+div.table { overflow-x: auto; }
 </style>
 <script type="text/javascript">{{ plotlyjs }}</script>
 </head><body>
@@ -67,7 +68,7 @@ def table_html(table, table_id: str, winner_row: int | None) -> Markup:
     if winner_row is not None:
         styler = styler.set_td_classes(table.apply(lambda col: ["winner" if i == winner_row else ""
                                                                 for i in range(len(col))]))
-    return Markup(f'<div id="{table_id}">{styler.to_html()}</div>')
+    return Markup(f'<div class="table" id="{table_id}">{styler.to_html()}</div>')
 
 
 def render(title: str, facts: list[str], body: dict[str, dict]) -> str:
