@@ -124,9 +124,10 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
-# MLflow's UI (3.x) opens an experiment without a kind on its GenAI overview (traces, token usage: empty for a
-# search) instead of its runs; a model-training experiment opens on the runs. The tag and value are those the
-# UI's own kind selector writes (mlflow/server/js: setExperimentTag "mlflow.experimentKind").
+# A search's experiment is a model-training experiment: the tag and value MLflow's UI kind selector writes
+# (mlflow/server/js: setExperimentTag "mlflow.experimentKind"). MLflow 3.17's UI navigates by its global
+# GenAI / Model training switch (GenAI unless chosen), which opens any experiment on its GenAI overview (traces,
+# token usage: empty for a search); runs_view_url selects Model training and the runs table.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
@@ -144,8 +145,9 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
 
 
 def runs_view_url(ui_url: str, experiment_id: str) -> str:
-    """The address of an experiment's runs table in the MLflow UI served at ui_url (the UI's hash route)."""
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    """The address of an experiment's runs table in the MLflow UI served at ui_url (the UI's hash route, with its
+    workflow switch on Model training)."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int) -> None:
