@@ -27,6 +27,8 @@ def quiet_console(verbose: bool) -> None:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # Tune's advice to checkpoint less often: every epoch of a trial is checkpointed on purpose (resume, promotion).
     os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    # MLflow's download progress bars (the report reads the winner's plots back from the store).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("ray", "ray.tune", "ray.train", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _RAY_NOTICES:

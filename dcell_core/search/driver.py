@@ -226,7 +226,7 @@ def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides,
         if outcome != "completed":
             print(f"the search stopped before all trials ended; continue it with:\n  "
                   f"{resume_command(req, name, project)}", file=out, flush=True)
-        _print_ui(tracking_uri, project, out)
+        _print_ui(tracking_uri, project, exp_id, out)
     return SearchOutcome(name, exp_id, parent_run_id, outcome, winner, summary, tracking_uri, exp_dir)
 
 
@@ -326,6 +326,11 @@ def _finish(client, parent_run_id: str, space, records: list, exp_dir: Path, out
               f"{winner.score:.6g} at epoch {winner.epochs}", file=out)
     else:
         print(f"no winner: no trial ran its full budget with a finite {space.metric} ({_describe(counts)})", file=out)
+    from dcell_core.search import report
+
+    path = report.write_and_log(client, parent_run_id, space.metric, space.mode, space.parameters,
+                                exp_dir / "summary" / report.REPORT_FILE)
+    print(f"report: {path} (and the parent run's artifact {report.REPORT_FILE})", file=out)
     numbers = {"trials": len(records), **{f"trials_{k.replace(' ', '_')}": v for k, v in counts.items()},
                f"winner/{space.metric}": winner.score if winner is not None else float("nan")}
     tracking.log_metrics(client, parent_run_id, numbers, step=0)
@@ -371,10 +376,16 @@ def resume_command(req, name: str, project: Path) -> str:
     return f"cd {shlex.quote(os.getcwd())} && {shlex.join(cmd)}"
 
 
-def _print_ui(tracking_uri: str, project: Path, out) -> None:
+def _print_ui(tracking_uri: str, project: Path, experiment_id: str, out) -> None:
+    """Where to see the search: the runs table of its experiment, in the UI of its MLflow server, or for a local
+    store in the UI that `python -m platform.ui` (or `mlflow ui`) serves on 127.0.0.1:5000."""
+    if not tracking.is_local_store(tracking_uri):
+        print(f"MLflow UI: {tracking.runs_view_url(tracking_uri, experiment_id)}", file=out, flush=True)
+        return
     ui = ("python -m platform.ui" if tracking_uri == tracking.default_tracking_uri(project)
           else f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
-    print(f"MLflow UI: {ui}   (then open http://127.0.0.1:5000)", file=out, flush=True)
+    print(f"MLflow UI: {ui}   (then open {tracking.runs_view_url('http://127.0.0.1:5000', experiment_id)})",
+          file=out, flush=True)
 
 
 def _resume_state(req: SearchRequest, storage: Path) -> dict:
