@@ -71,8 +71,9 @@ def build(client: MlflowClient, parent, metric: str, mode: str, parameters) -> s
     if not table["error"].astype(bool).any():
         table = table.drop(columns=["error"])
     table = table[[c for c in table.columns if c != "run_id"] + ["run_id"]]  # the long id last
-    scored = pd.DataFrame([{**{k: r.run.data.params.get(k) for k in keys}, stats.SCORE: r.score}
-                           for r in records if math.isfinite(r.score)], columns=[*keys, stats.SCORE])
+    scored = pd.DataFrame([{**{k: r.run.data.params.get(k) for k in keys}, stats.SCORE: r.score,
+                            stats.REPLICATES: r.replicates} for r in records if math.isfinite(r.score)],
+                          columns=[*keys, stats.SCORE, stats.REPLICATES])
     name = parent.data.tags.get(ledger.TAG_SEARCH, run_id)
     counts = ledger.counts(records)
     body = {

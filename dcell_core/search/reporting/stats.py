@@ -1,8 +1,9 @@
 """The report's statistics, on plain tables (no MLflow): each parameter's marginal effect and whether it is resolved,
 parameter importances from Optuna's evaluators over properly typed distributions, and the collapse rule.
 
-A table here has one row per scored trial: a column per searched parameter (the values as the child runs log
-them: strings) and SCORE (the trial's score by the ledger's rule; with replicates, the mean over them).
+A table here has one row per trial: a column per searched parameter (the values as the child runs log them:
+strings), SCORE (the trial's score by the ledger's rule, NaN when it has none; with replicates, the mean over
+them) and optionally REPLICATES.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 from dcell_core.search import ledger
 
 SCORE = "score"
+REPLICATES = "replicates"  # optional column: the trial's replicate count (its score is their mean)
 MAX_LEVELS = 8  # a numeric range with more distinct sampled values than this is shown in quantile bins
 BINS = 4
 # Below this many scored trials the importances are flagged unreliable: the random forests that fANOVA and the
@@ -69,6 +71,9 @@ def marginal_effect(table: pd.DataFrame, param: str, kind: str, mode: str) -> Ma
     sign = -1.0 if mode == "max" else 1.0
     effects.sort(key=lambda e: (sign * e.mean, e.value))
     where = f"at {len(scored)} scored trials"
+    if REPLICATES in scored and scored[REPLICATES].max() > 1:  # each trial's score is the mean of its replicates
+        low, high = int(scored[REPLICATES].min()), int(scored[REPLICATES].max())
+        where += f" of {low if low == high else f'{low}-{high}'} replicates each"
     with_interval = [e for e in effects if e.n >= 2]
     if len(effects) < 2:
         return Marginal(param, tuple(effects), False, f"{param}: not resolved {where}: only one value was scored")
