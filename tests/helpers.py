@@ -6,11 +6,13 @@ MLflow is imported inside the functions that need it, so modules that never talk
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,25 @@ def wait_for_server(uri: str, proc: subprocess.Popen, timeout_s: float) -> None:
             pytest.fail(f"mlflow server at {uri} did not answer within {timeout_s} s (exit status {proc.returncode}): "
                         f"{problem}")
         time.sleep(0.5)
+
+
+@contextmanager
+def browser_page(width: int = 1400, height: int = 1000):
+    """(page, errors): a page of the system's headless chromium driven by playwright (never a downloaded browser),
+    and the console errors and uncaught page script errors it sees. Skips the test when chromium is missing."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium for the browser tests: install it with `apt-get install -y chromium` (Debian; "
+                    "bash scripts/setup.sh does that when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])  # root in CI: no sandbox
+        page = browser.new_page(viewport={"width": width, "height": height})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        try:
+            yield page, errors
+        finally:
+            browser.close()
