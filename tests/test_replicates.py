@@ -213,3 +213,54 @@ def test_search_with_two_replicates_per_configuration(tmp_path):
     assert f"winner: run {best} " in p.stdout
     info = json.loads((project / "checkpoints" / "production" / "checkpoint.json").read_text())
     assert info["source"]["run_id"] == best and info["metric"]["value"] == pytest.approx(means[best])
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_every_replicate_from_its_own_state(tmp_path):
+    """The driver is SIGKILLed once the trial logged epoch 2 of 4; --resume continues both replicates from the
+    trial's checkpoint (one state per replicate), and each replicate's values are those it trains alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from omegaconf import OmegaConf
+
+    from dcell_core.config import DCellConfig
+    from dcell_core.train.loop import train
+
+    project, env = tmp_path / "project", helpers.env_for(tmp_path / "cache")
+    path = helpers.search_file(tmp_path, "repkill", 4, {"train.lr": {"grid": [0.01]}})
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "replicates": 2}, sort_keys=False))
+    cmd = [sys.executable, "-m", "platform.search", str(path), "--project-dir", str(project)]
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    proc = subprocess.Popen(cmd, cwd=helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (list((project / "ray_results").glob("*/dcell_search.json")) and (
+            children := helpers.runs_of(uri, "repkill")[1]) and len(helpers.steps(uri, children[0].info.run_id)) >= 2):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "the trial did not reach epoch 2 in 300 s"
+        time.sleep(1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=180)
+    os.killpg(proc.pid, signal.SIGKILL)  # the local Ray processes lost their driver
+    r = helpers.run_python(*cmd[1:], "--resume", env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = helpers.runs_of(uri, "repkill")[1]
+    assert run.info.status == "FINISHED" and helpers.steps(uri, run.info.run_id) == [1, 2, 3, 4]
+    assert int(run.data.tags[ledger.TAG_RESUMED]) >= 1
+    config = OmegaConf.merge(OmegaConf.structured(DCellConfig), OmegaConf.load(
+        client.download_artifacts(run.info.run_id, "resolved_config.yaml", str(tmp_path))))
+    seeds = [int(s) for s in run.data.tags[ledger.TAG_REPLICATE_SEEDS].split(",")]
+    assert config.train.seed == seeds[0] and config.train.resume_from  # the config of the resumed attempt
+    config.train.resume_from = None
+    for i, seed in enumerate(seeds):
+        config.train.seed = seed
+        alone = train(config, output_dir=tmp_path / f"alone{i}")
+        logged = sorted(client.get_metric_history(run.info.run_id, ledger.replicate_metric("val/pearson", i)),
+                        key=lambda m: m.step)
+        assert [m.value for m in logged] == [h["val/pearson"] for h in alone.history]
