@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dcell_core.search import ledger, tracking
+from dcell_core.search import baselines, ledger, tracking
 
 STATE_FILE = "dcell_search.json"
 DEFAULT_MAX_FAILURES = 2  # Tune retries of a crashed trial, from its last checkpoint
@@ -178,6 +178,7 @@ def _run_owned(req, space, state, settings, name, exp_dir, file_hash, overrides,
         else:
             parent_run_id = _start_parent_run(client, exp_id, name, req, space, file_hash, base_cfg, data, overrides,
                                               settings, describe(owner))
+            baselines.fit_and_log(client, parent_run_id, data.dataset)
             invocation = 1
     except BaseException:
         ray.shutdown()
@@ -326,6 +327,9 @@ def _finish(client, parent_run_id: str, space, records: list, exp_dir: Path, out
               f"{winner.score:.6g} at epoch {winner.epochs}", file=out)
     else:
         print(f"no winner: no trial ran its full budget with a finite {space.metric} ({_describe(counts)})", file=out)
+    fitted = baselines.read(client.get_run(parent_run_id))
+    if fitted:
+        print(baselines.describe(fitted, space.metric), file=out)
     from dcell_core.search import report
 
     path = report.write_and_log(client, parent_run_id, space.metric, space.mode, space.parameters,

@@ -82,6 +82,11 @@ ATTEMPT_S = "trial/attempt_s"
 SEARCH_WALL_S, TRIAL_S_SUM, OVERHEAD_S = "search_wall_s", "trial_s_sum", "overhead_s"
 
 
+def baseline_metric(kind: str, metric: str) -> str:
+    """Parent-run metric of a per-gene baseline (search/baselines.py): `baseline/additive/val/pearson`."""
+    return f"baseline/{kind}/{metric}"
+
+
 # Replicates (k > 1): each replicate's value of a metric, and the interval of the mean of the search's metric.
 CI_LEVEL = 0.95
 

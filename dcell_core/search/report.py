@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from dcell_core.search import ledger
+from dcell_core.search import baselines, ledger
 from dcell_core.search.reporting import figures, page, stats
 from dcell_core.train.metrics import LOSS_METRICS
 
@@ -78,6 +78,7 @@ def build(client: MlflowClient, parent, metric: str, mode: str, parameters) -> s
     counts = ledger.counts(records)
     body = {
         "trials": _trials_section(table, winner, metric, mode, score_column(metric)),
+        "baselines": _baselines_section(baselines.read(parent), winner, metric, mode),
         "marginal-effects": _marginals_section(scored, searched, metric, mode),
         "learning-curves": _curves_section(client, ranked, metric),
         "parallel-coordinates": _parcoords_section(scored, searched, metric),
@@ -106,6 +107,29 @@ def _trials_section(table, winner, metric, mode, score_col) -> dict:
         notes.append(f"With replicates, {score_col} is the mean over a trial's seeds, and the interval columns hold "
                      f"the {round(ledger.CI_LEVEL * 100)}% Student-t interval of that mean.")
     return {"notes": notes, "html": [page.table_html(table, "trials-table", 0 if winner is not None else None)]}
+
+
+def _baselines_section(fitted: dict, winner, metric: str, mode: str) -> dict:
+    notes = ["Per-gene models fitted on the train split of the search's own data (dcell_core/train/baselines.py): "
+             "additive = ridge regression of the phenotype on the 0/1 disruption matrix; multiplicative = the same "
+             "on log phenotype. The ridge penalty is chosen on validation; test is held out. What DCell adds "
+             "beyond per-gene effects is the winner's margin over them."]
+    if not fitted:
+        return {"notes": notes, "lines": [("unresolved", "not recorded: this search's parent run holds no baselines")]}
+    shown = metric if metric in baselines.SPLITS_METRICS else "val/pearson"
+    rows = [{"model": kind, shown: v.get(shown, math.nan), shown.replace("val/", "test/"):
+             v.get(shown.replace("val/", "test/"), math.nan)} for kind, v in fitted.items()]
+    lines = []
+    if winner is not None and shown == metric:
+        rows.insert(0, {"model": f"DCell winner (trial {winner.trial_id})", shown: winner.score})
+        better = {kind: (winner.score > v[shown]) if mode == "max" else (winner.score < v[shown])
+                  for kind, v in fitted.items() if shown in v}
+        lines = [("resolved" if better[kind] else "unresolved",
+                  f"winner {winner.score:.4f} vs {kind} {fitted[kind][shown]:.4f}: "
+                  f"{winner.score - fitted[kind][shown]:+.4f}"
+                  f" ({'better' if better[kind] else 'not better'})") for kind in better]
+    return {"notes": notes, "lines": lines,
+            "html": [page.table_html(pd.DataFrame(rows), "baselines-table", None)]}
 
 
 def _marginals_section(scored, searched, metric, mode) -> dict:

@@ -9,6 +9,7 @@ from plotly.offline import get_plotlyjs
 
 SECTIONS = {
     "trials": "Trials, ranked",
+    "baselines": "Against per-gene baselines",
     "marginal-effects": "Each parameter's effect",
     "learning-curves": "Learning curves",
     "parallel-coordinates": "Parameters and scores",
