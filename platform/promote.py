@@ -16,13 +16,13 @@ import os
 import sys
 from pathlib import Path
 
-from dcell_core.cli import USAGE_EXIT
+from dcell_core.cli import USAGE_EXIT, add_search_store_arguments
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m platform.promote", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("search", help="parent run id, search name, or search-space name (its latest search)")
+    add_search_store_arguments(ap)
     ap.add_argument("--metric", help="metric that ranks the trials (default: the search's metric)")
     ap.add_argument("--mode", choices=("max", "min"), help="max or min (default: the search's mode)")
     ap.add_argument("--model-name", default="dcell", help="registered model name (default: dcell)")
@@ -34,9 +34,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-running", action="store_true",
                     help="promote from a search that is not FINISHED (running, interrupted or failed): its current "
                          "winner, which may still change")
-    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in the project directory)")
-    ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
-                    help="where mlflow.db and mlartifacts/ live (default: the working directory)")
     return ap
 
 

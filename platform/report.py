@@ -13,18 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-from dcell_core.cli import USAGE_EXIT
+from dcell_core.cli import USAGE_EXIT, add_search_store_arguments
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m platform.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("search", help="parent run id, search name, or search-space name (its latest search)")
+    add_search_store_arguments(ap)
     ap.add_argument("--output", type=Path, help="the HTML file to write (default: <search name>.report.html in the "
                                                 "working directory)")
-    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite mlflow.db in the project directory)")
-    ap.add_argument("--project-dir", type=Path, default=Path.cwd(),
-                    help="where mlflow.db and mlartifacts/ live (default: the working directory)")
     return ap
 
 
