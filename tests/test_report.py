@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +13,11 @@ import pytest
 import helpers
 from helpers import browser_page, env_for, run_python
 
+from dcell_core.search.ledger import TrialRecord
+from dcell_core.search.report import _baselines_section
 from dcell_core.search.reporting import stats
 from dcell_core.search.reporting.page import SECTIONS
+from dcell_core.train.baselines import KINDS
 
 
 def table(values: dict[str, list], scores: list[float]) -> pd.DataFrame:
@@ -90,6 +94,65 @@ def test_collapse_rule():
                                    "val/pearson": float("nan")}) == []
 
 
+class Rows(HTMLParser):
+    """The cell texts of each body row of an HTML table."""
+    def __init__(self, html: str):
+        super().__init__()
+        self.rows, self.body = [], False
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.body |= tag == "tbody"
+        if self.body and tag == "tr":
+            self.rows.append([])
+
+    def handle_endtag(self, tag):
+        self.body &= tag != "tbody"
+
+    def handle_data(self, data):
+        if self.body and self.rows and data.strip():
+            self.rows[-1].append(data.strip())
+
+
+FITTED = {"additive": {"val/pearson": 0.5, "val/mse": 0.2, "test/pearson": 0.45, "test/mse": 0.25},
+          "multiplicative": {"val/pearson": 0.8, "val/mse": 0.1, "test/pearson": 0.75, "test/mse": 0.12}}
+
+
+def winner(score: float) -> TrialRecord:
+    return TrialRecord(run=None, trial_id="t7", status="FINISHED", outcome="finished", epochs=3, budget=3,
+                       score=score, eligible=True)
+
+
+@pytest.mark.parametrize("metric, mode, score, better", [
+    ("val/pearson", "max", 0.6, {"additive": True, "multiplicative": False}),
+    ("val/pearson", "min", 0.6, {"additive": False, "multiplicative": True}),  # same numbers, other direction
+    ("val/mse", "min", 0.15, {"additive": True, "multiplicative": False}),
+    ("val/mse", "max", 0.15, {"additive": False, "multiplicative": True}),
+])
+def test_baselines_section_compares_the_winner_in_the_metric_direction(metric, mode, score, better):
+    section = _baselines_section(FITTED, winner(score), metric, mode)
+    test = metric.replace("val/", "test/")
+    assert Rows(str(section["html"][0])).rows == [
+        ["DCell winner (trial t7)", f"{score:.4f}"],
+        *[[kind, f"{FITTED[kind][metric]:.4f}", f"{FITTED[kind][test]:.4f}"] for kind in FITTED]]
+    assert section["lines"] == [
+        ("resolved" if better[kind] else "unresolved",
+         f"winner {score:.4f} vs {kind} {FITTED[kind][metric]:.4f}: {score - FITTED[kind][metric]:+.4f} "
+         f"({'better' if better[kind] else 'not better'})") for kind in FITTED]
+
+
+def test_baselines_section_without_a_comparable_winner_or_without_baselines():
+    # a metric without a baseline counterpart: the baselines' val/pearson, no winner row and no verdicts
+    section = _baselines_section(FITTED, winner(0.9), "val/spearman", "max")
+    assert section["lines"] == [] and Rows(str(section["html"][0])).rows == [
+        [kind, f"{FITTED[kind]['val/pearson']:.4f}", f"{FITTED[kind]['test/pearson']:.4f}"] for kind in FITTED]
+    assert "val/pearson" in str(section["html"][0])
+    assert len(Rows(str(_baselines_section(FITTED, None, "val/pearson", "max")["html"][0])).rows) == 2
+    empty = _baselines_section({}, winner(0.9), "val/pearson", "max")
+    assert "html" not in empty and empty["lines"] == [
+        ("unresolved", "not recorded: this search's parent run holds no baselines")]
+
+
 def test_report_cli_misuse_exits_2(tmp_path):
     r = run_python("-m", "platform.report", "norms", "--project-dir", str(tmp_path), env=env_for(tmp_path / "cache"))
     assert r.returncode == 2 and "no MLflow store" in r.stderr
@@ -110,6 +173,11 @@ def check_page(page, errors: list[str], path: Path, trials: int) -> str:
     for section in SECTIONS:
         assert page.locator(f"section#{section}").count() == 1, section
     assert page.locator("#trials-table tbody tr").count() == trials
+    # one row per per-gene baseline under the winner's, and a verdict against each
+    rows = page.locator("#baselines-table tbody tr").all_inner_texts()
+    assert len(rows) == 1 + len(KINDS) and rows[0].startswith("DCell winner (trial ")
+    assert [row.split()[0] for row in rows[1:]] == list(KINDS)
+    assert page.locator("#baselines p.resolved, #baselines p.unresolved").count() == len(KINDS)
     # every categorical value is a labelled tick of the parallel-coordinates view
     ticks = page.locator("#parallel-coordinates .parcoords").first.text_content()
     assert all(v in ticks for v in ("batch", "layer", "none", "relu", "tanh"))
