@@ -308,16 +308,20 @@ def _start_parent_run(client, exp_id, name, req, space, file_hash, base_cfg, dat
 
 
 def _finish(client, parent_run_id: str, space, records: list, exp_dir: Path, out) -> dict:
+    from dcell_core.search.reporting.stats import RELIABLE_TRIALS
     from dcell_core.search.summary import print_table, trials_table, write_parent_artifacts
 
     params = [p.key for p in space.parameters]
     table = trials_table(records, params, space.metric, space.mode)
-    imp = write_parent_artifacts(client, parent_run_id, table, params, space.metric, exp_dir / "summary")
+    imp = write_parent_artifacts(client, parent_run_id, table, space.parameters, space.metric, space.mode,
+                                 exp_dir / "summary")
     print(f"\ntrials by {space.metric} at their last epoch ({space.mode}; only trials that ran their full budget "
           "compete):", file=out)
     print_table(table, space.metric, top=10, stream=out)
     if "importances" in imp:
-        print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in imp["importances"].items()), file=out)
+        print(f"parameter importances (fANOVA over {imp['scored_trials']} scored trials"
+              f"{'' if imp['reliable'] else ', unreliable below ' + str(RELIABLE_TRIALS)}): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in imp["importances"].items()), file=out)
     else:
         print(f"parameter importances not computed: {imp['not_computed']}", file=out)
     counts = ledger.counts(records)

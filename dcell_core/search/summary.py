@@ -77,29 +77,21 @@ def _encoded(table: pd.DataFrame, params: list[str]) -> tuple[pd.DataFrame, dict
     return out, categories
 
 
-def importances(table: pd.DataFrame, params: list[str], metric: str) -> dict:
-    """fANOVA importances (Optuna's default evaluator) over the trials that have the metric.
+def importances(table: pd.DataFrame, parameters, metric: str, mode: str) -> dict:
+    """fANOVA importances over the scored trials, computed as the report computes them (reporting.stats: choices
+    as categorical distributions, ranges with their type and scale, seeded). `parameters`: the search space's.
 
-    Returns {"importances": {param: share}} or {"not_computed": reason}: with fewer than 3 scored trials or no
-    parameter that varies, importances mean nothing and are not made up.
+    Returns {"importances": {param: share}, "scored_trials": n, "reliable": bool} or {"not_computed": reason}: with fewer
+    than 3 scored trials or no parameter that varies, importances mean nothing and are not made up.
     """
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from dcell_core.search.reporting import stats
 
-    scored = table[table[score_column(metric)].notna()]
-    varying = [p for p in params if scored[p].nunique() > 1]
-    if len(scored) < 3 or not varying:
-        return {"not_computed": f"{len(scored)} scored trials, {len(varying)} varying parameters (need 3 and 1)"}
-    encoded, _ = _encoded(scored, varying)
-    study = optuna.create_study(direction="maximize")
-    for i, row in scored.iterrows():
-        values = {p: encoded.loc[i, p] for p in varying}
-        dists = {p: FloatDistribution(float(encoded[p].min()), float(encoded[p].max())) for p in varying}
-        if any(d.low == d.high for d in dists.values()):
-            dists = {p: (d if d.low < d.high else CategoricalDistribution([d.low])) for p, d in dists.items()}
-        study.add_trial(optuna.trial.create_trial(params=values, distributions=dists,
-                                                  value=float(row[score_column(metric)])))
-    return {"importances": {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}}
+    dists = {p.key: stats.optuna_distribution(p.kind, tuple(p.values)) for p in parameters if p.kind != "fixed"}
+    frame = table[list(dists)].astype(str).assign(**{stats.SCORE: table[score_column(metric)].astype(float)})
+    imp = stats.importances(frame, dists, mode)
+    if "not_computed" in imp:
+        return imp
+    return {"importances": imp["evaluators"]["fANOVA"], "scored_trials": imp["trials"], "reliable": imp["reliable"]}
 
 
 def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, path: Path) -> Path | None:
@@ -124,24 +116,27 @@ def parallel_coordinates(table: pd.DataFrame, params: list[str], metric: str, pa
         ax.plot(range(len(norm.columns)), norm.loc[i].values, color=cmap(float(norm.loc[i, metric])), alpha=0.8)
     ax.set_xticks(range(len(norm.columns)))
     ax.set_xticklabels([c.rsplit(".", 1)[-1] for c in norm.columns], rotation=20)
-    for j, col in enumerate(norm.columns):  # label each axis with its lowest and highest value
-        low, high = (categories[col][0], categories[col][-1]) if col in categories else (
-            f"{enc[col].min():.3g}", f"{enc[col].max():.3g}")
-        ax.annotate(high, (j, 1.02), ha="center", fontsize=7)
-        ax.annotate(low, (j, -0.08), ha="center", fontsize=7)
+    for j, col in enumerate(norm.columns):  # every category at its place; numeric axes their lowest and highest
+        if col in categories:
+            for i, label in enumerate(categories[col]):
+                y = (i - enc[col].min()) / span[col]
+                ax.annotate(label, (j, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+            continue
+        ax.annotate(f"{enc[col].max():.3g}", (j, 1.02), ha="center", fontsize=7)
+        ax.annotate(f"{enc[col].min():.3g}", (j, -0.08), ha="center", fontsize=7)
     ax.set_yticks([])
     ax.set_title(f"parameters vs {score_column(metric)} ({len(scored)} trials)")
     return save_png(fig, path)
 
 
-def write_parent_artifacts(client, parent_run_id: str, table: pd.DataFrame, params: list[str], metric: str,
+def write_parent_artifacts(client, parent_run_id: str, table: pd.DataFrame, parameters, metric: str, mode: str,
                            out_dir: Path) -> dict:
     """summary.csv, importances.json and the plot, logged to the parent run; returns the importances."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "summary.csv", index=False)
-    imp = importances(table, params, metric)
+    imp = importances(table, parameters, metric, mode)
     (out_dir / "importances.json").write_text(json.dumps(imp, indent=1))
-    plot = parallel_coordinates(table, params, metric, out_dir / "parallel_coordinates.png")
+    plot = parallel_coordinates(table, [p.key for p in parameters], metric, out_dir / "parallel_coordinates.png")
     paths = [out_dir / "summary.csv", out_dir / "importances.json"] + ([plot] if plot else [])
     tracking.log_artifacts(client, parent_run_id, paths, None)
     return imp
