@@ -191,6 +191,17 @@ def test_replicates_must_be_a_positive_integer_and_exclude_searched_seeds(tmp_pa
     assert load_search_space(variant(tmp_path, replicates=2, parameters={"train.seed": {"fixed": 4}})).replicates == 2
 
 
+def test_replicate_split_is_a_boolean_that_needs_replicates(tmp_path):
+    assert load_search_space(NORMS).replicate_split is False
+    assert load_search_space(variant(tmp_path, replicates=2, replicate_split=True)).replicate_split is True
+    path = variant(tmp_path, replicate_split=True)
+    assert problems(path) == [f"{path}:{at(path, 'replicate_split')}: replicate_split: true needs replicates > 1 (with "
+                              "one replicate there is no other split)"]
+    path = variant(tmp_path, replicates=2, replicate_split="sometimes")
+    assert problems(path) == [f"{path}:{at(path, 'replicate_split')}: replicate_split: expected true or false, got "
+                              "'sometimes'"]
+
+
 def test_replicates_flag_is_parsed():
     from dcell_core.search.cli import parser
 

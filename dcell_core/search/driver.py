@@ -242,7 +242,7 @@ def _fit(req, space, exp_dir: Path, resuming: bool, tracking_uri: str, exp_id: s
     ctx = TrialContext(tracking_uri=tracking_uri, experiment_id=exp_id, parent_run_id=parent_run_id,
                        overrides=tuple(base_overrides), search_seed=space.search.seed, metric=space.metric,
                        mode=space.mode, log_checkpoints=req.log_checkpoints, tags={ledger.TAG_SEARCH: exp_dir.name},
-                       replicates=space.replicates)
+                       replicates=space.replicates, replicate_split=space.replicate_split)
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     trainable = tune.with_resources(tune.with_parameters(dcell_trial, ctx=ctx), resources)
     total = expected_trials(space, settings["num_samples"])

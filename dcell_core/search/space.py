@@ -9,6 +9,7 @@ A search-space file names Hydra keys of the composed DCell config and how to sam
     metric: val/pearson              # one of KNOWN_METRICS (what the trial function reports each epoch)
     mode: max                        # max | min; must agree with the metric's direction where it has one
     replicates: 1                    # seeds each trial trains (optional, default 1; the platform derives them)
+    replicate_split: false           # optional: replicates after the first also deal their own data split
     search:
       algorithm: optuna              # optuna (TPE, the default) | random | grid
       seed: 0                        # seeds TPE / the random sampler
@@ -29,7 +30,7 @@ A search-space file names Hydra keys of the composed DCell config and how to sam
       train.seed: {grid: [0, 1, 2]}              # algorithm grid only (there, choice and randint are enumerated too)
       train.batch_size: {fixed: 64}              # a constant, logged with the sampled parameters
 
-Required: everything above except `overrides`, `replicates` (1), `search.algorithm` (optuna), `scheduler.type`
+Required: everything above except `overrides`, `replicates` (1), `replicate_split` (false), `search.algorithm` (optuna), `scheduler.type`
 (asha), `scheduler.max_t` (train.epochs) and `resources.gpu` (0); none of these defaults replaces an invalid value.
 The structure is the pydantic models of dcell_core.search.spec_fields; the checks against the config are in
 spec_config.
@@ -95,6 +96,9 @@ def load_search_space(path: str | Path, extra_overrides: Sequence[str] = (), *, 
     if search is not None:
         search = search.model_copy(update={k: v for k, v in flags.items() if v is not None})
     replicates = _flag(report, "replicates", replicates) if replicates is not None else valid_part(data, "replicates")
+    replicate_split = valid_part(data, "replicate_split")
+    if replicate_split and replicates == 1:
+        report.add(("replicate_split",), "true needs replicates > 1 (with one replicate there is no other split)")
     metric, mode = valid_part(data, "metric"), valid_part(data, "mode")
     if KNOWN_METRICS.get(metric) and mode and mode != KNOWN_METRICS[metric]:
         report.add(("mode",), f"{metric} is better when {'higher' if mode == 'min' else 'lower'} (mode "
@@ -116,7 +120,7 @@ def load_search_space(path: str | Path, extra_overrides: Sequence[str] = (), *, 
     return SearchSpace(path=path, name=data["name"], description=data["description"],
                        overrides=tuple(o.text for o in overrides), metric=metric, mode=mode, search=search,
                        scheduler=scheduler, resources=resources, parameters=tuple(params), replicates=replicates,
-                       notes=notes)
+                       replicate_split=bool(replicate_split), notes=notes)
 
 
 def _flag(report: _Report, key: str, value: Any) -> Optional[int]:

@@ -75,6 +75,7 @@ class SearchSpace:
     resources: Resources
     parameters: tuple[Parameter, ...]
     replicates: int = 1  # seeds trained per trial (derived by the platform)
+    replicate_split: bool = False  # replicates r > 0 also deal their own data split
     notes: tuple[str, ...] = ()  # what the loader decided for the user (e.g. an exact grid): one console line each
 
 

@@ -157,6 +157,8 @@ class SearchFile(_Strict):
     metric: Metric
     mode: Annotated[str, _one_of(MODES)]
     replicates: Count = 1  # seeds trained per trial (the platform derives them)
+    # replicates r > 0 also deal their own train / validation / test split (data.genotypes.split_seed)
+    replicate_split: Annotated[bool, _rule(lambda v: isinstance(v, bool), "true or false")] = False
     search: SearchSettings
     scheduler: SchedulerSettings
     resources: Resources
@@ -179,7 +181,7 @@ def valid_part(data: dict, key: str) -> Any:
     """The validated value of one top-level field (a dict of Distribution for `parameters`: each valid one), or None
     where it is absent or invalid (file_problems reports why)."""
     if key not in data:
-        return SearchFile.model_fields[key].default if key in ("overrides", "replicates") else None
+        return SearchFile.model_fields[key].default if key in ("overrides", "replicates", "replicate_split") else None
     if key == "parameters":
         if not isinstance(data[key], dict):
             return None
