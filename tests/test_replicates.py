@@ -151,6 +151,9 @@ def test_search_with_two_replicates_per_configuration(tmp_path):
     from omegaconf import OmegaConf
 
     from dcell_core.config import DCellConfig
+    from dcell_core.data import load_run_data
+    from dcell_core.search.baselines import SPLITS_METRICS
+    from dcell_core.train.baselines import KINDS, fit_baselines
     from dcell_core.train.loop import train
 
     project, env = tmp_path / "project", helpers.env_for(tmp_path / "cache")
@@ -207,6 +210,17 @@ def test_search_with_two_replicates_per_configuration(tmp_path):
     assert "95% interval" in r.stdout and f"(run {best}," in r.stdout
     named = re.search(r"^winner: trial \S+ \(run ([0-9a-f]{32})", r.stdout, re.M).group(1)
     assert named == best
+
+    # the per-gene baselines, fitted on the data the trials trained on (the search's fixed config: a trial's resolved
+    # config with its own train.* values), are in the parent run and on the line after the winner's
+    fitted = fit_baselines(load_run_data(config).dataset)
+    logged = client.get_run(parents[0].info.run_id).data.metrics
+    for kind in KINDS:
+        for name in SPLITS_METRICS:
+            assert logged[ledger.baseline_metric(kind, name)] == pytest.approx(fitted[kind][name], rel=1e-9)
+    line = ", ".join(f"{k} {fitted[k][metric]:.4f} (test {fitted[k]['test/pearson']:.4f})" for k in KINDS)
+    assert re.search(rf"^winner: .*\nper-gene baselines \(ridge on the train split\), {metric}: {re.escape(line)}$",
+                     r.stdout, re.M), r.stdout[-3000:]
 
     p = helpers.run_python("-m", "platform.promote", "reps", "--project-dir", str(project), env=env, cwd=project)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
