@@ -1,5 +1,6 @@
 """Per-gene baselines (dcell_core/train/baselines.py) on small hand-made GenotypeDatasets: each baseline recovers
-the phenotype it models, the disruption matrix is the dense 0/1 matrix, and data without validation rows is refused."""
+the phenotype it models, the disruption matrix is the dense 0/1 matrix, and data without validation rows is refused;
+a search's record of them (dcell_core/search/baselines.py) on a real sqlite MLflow store."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +8,11 @@ import itertools
 import numpy as np
 import pytest
 
+from mlflow.tracking import MlflowClient
+
 from dcell_core.genotypes import GenotypeDataset, csr_from_lists
+from dcell_core.search import baselines as recorded
+from dcell_core.search import ledger
 from dcell_core.train.baselines import KINDS, PENALTIES, disruption_matrix, fit_baselines
 
 NUM_GENES = 8
@@ -19,7 +24,8 @@ def dataset(phenotype, genotypes=GENOTYPES, fractions=(0.6, 0.2), seed=0) -> Gen
     flat, offsets = csr_from_lists(genotypes)
     order = np.random.default_rng(seed).permutation(len(genotypes))
     cut = np.cumsum([round(f * len(genotypes)) for f in fractions])
-    splits = {name: np.sort(part).astype(np.int64) for name, part in zip(("train", "val", "test"), np.split(order, cut))}
+    splits = {name: np.sort(part).astype(np.int64)
+              for name, part in zip(("train", "val", "test"), np.split(order, cut))}
     y = np.array([phenotype(g) for g in genotypes], np.float32)
     return GenotypeDataset(flat, offsets, y, NUM_GENES, ("fitness",), splits)
 
@@ -73,3 +79,24 @@ def test_too_few_validation_rows_are_refused_with_the_split_sizes(fractions):
     with pytest.raises(ValueError, match=f"split sizes .*'train': {sizes['train']}, 'val': {sizes['val']}, "
                                          f"'test': {sizes['test']}"):
         fit_baselines(ds)
+
+
+def test_a_search_logs_reads_back_and_describes_its_baselines(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "art").as_uri())
+    parent = ledger.open_parent(client, exp, "s-1", {}, {"metric": "val/pearson", "mode": "max"})
+    assert recorded.read(client.get_run(parent)) == {}  # e.g. a search recorded before baselines existed
+    ds = dataset(lambda genes: float(np.prod(EFFECTS[genes])))
+    values = recorded.fit_and_log(client, parent, ds)
+    fitted = fit_baselines(ds)
+    assert values == {kind: {m: fitted[kind][m] for m in recorded.SPLITS_METRICS} for kind in KINDS}
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["baseline/multiplicative/test/pearson"] == fitted["multiplicative"]["test/pearson"]
+    assert recorded.read(client.get_run(parent)) == values
+    line = "additive {:.4f} (test {:.4f}), multiplicative {:.4f} (test {:.4f})"
+    pearson = line.format(*(v[m] for v in values.values() for m in ("val/pearson", "test/pearson")))
+    head = "per-gene baselines (ridge on the train split), "
+    assert recorded.describe(values, "val/pearson") == f"{head}val/pearson: {pearson}"
+    assert recorded.describe(values, "val/spearman") == f"{head}val/pearson: {pearson}"  # no baseline counterpart
+    mse = line.format(*(v[m] for v in values.values() for m in ("val/mse", "test/mse")))
+    assert recorded.describe(values, "val/mse") == f"{head}val/mse: {mse}"
