@@ -64,6 +64,32 @@ def test_shipped_file_validates_and_fits_two_cores(path):
     assert "--num-samples" in path.read_text()  # the GPU-cluster comment block
 
 
+EXPERIMENTS = sorted((REPO / "search_spaces" / "experiments").glob("*.yaml"))
+
+
+def test_the_experiments_are_shipped():
+    assert {p.stem for p in EXPERIMENTS} == {"norm", "activation_init", "embedding_attention", "alpha",
+                                             "subsystem_layers", "containment", "optimizer"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_is_an_exact_design_that_fits_two_cores(path):
+    """Each question as an exact design: every combination once, 2 replicates, every configuration to its full
+    budget (no scheduler), on the 2-core demo; the optimizer space is sampled (TPE, distinct) with ASHA."""
+    space = load_search_space(path)
+    cfg = compose(space.overrides)
+    assert space.name == "exp-" + path.stem.replace("_", "-")
+    assert space.resources.cpu * space.search.max_concurrent <= 2 and space.resources.gpu == 0
+    assert cfg.train.num_threads == space.resources.cpu and cfg.data.name == "yeast_dna_repair"
+    assert all(p.kind in ("choice", "grid") for p in space.parameters)
+    if path.stem == "optimizer":
+        assert space.search.algorithm == "optuna" and space.scheduler.type == "asha"
+    else:
+        assert space.search.algorithm == "grid" and space.replicates == 2 and space.scheduler.type == "none"
+        assert all(len(p.values) == 2 for p in space.parameters)  # the exact values of the question
+    assert "_gpu.yaml" in path.read_text()  # the GPU-cluster comment block
+
+
 def test_full_space_covers_every_topic_space():
     keys = {p.key for p in load_search_space(REPO / "search_spaces" / "full.yaml").parameters}
     for path in SHIPPED:
