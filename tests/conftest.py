@@ -41,6 +41,19 @@ def one_thread():
 
 
 @pytest.fixture
+def ledger_store(tmp_path):
+    """(client, experiment id, parent run id): a real sqlite MLflow store with one open search parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from dcell_core.search import ledger
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "art").as_uri())
+    parent = ledger.open_parent(client, exp, "s-1", {}, {"metric": "val/pearson", "mode": "max"})
+    return client, exp, parent
+
+
+@pytest.fixture
 def mlflow_server(tmp_path):
     """The URI of a plain `mlflow server` on 127.0.0.1 (sqlite store and artifacts under tmp_path/server)."""
     port = free_port()

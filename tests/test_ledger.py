@@ -7,18 +7,9 @@ import sys
 import time
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from dcell_core.search import ledger
 from dcell_core.search.lease import LEASE_FILE, Lease, SearchOwned
-
-
-@pytest.fixture
-def search(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("s", artifact_location=(tmp_path / "art").as_uri())
-    parent = ledger.open_parent(client, exp, "s-1", {}, {"metric": "val/pearson", "mode": "max"})
-    return client, exp, parent
 
 
 def trial(client, exp, parent, tid: str, budget: int, values: list[float]):
@@ -30,8 +21,8 @@ def trial(client, exp, parent, tid: str, budget: int, values: list[float]):
     return run_id
 
 
-def test_the_budget_of_each_trial_decides_finished_or_stopped(search):
-    client, exp, parent = search
+def test_the_budget_of_each_trial_decides_finished_or_stopped(ledger_store):
+    client, exp, parent = ledger_store
     # budget 3 stopped by Tune at epoch 2 (base train.epochs 2 would have called it finished): stopped early
     a = trial(client, exp, parent, "a", 3, [0.5, 0.95])
     b = trial(client, exp, parent, "b", 1, [0.6])  # budget 1, Tune ends it at epoch 1: finished
@@ -53,8 +44,8 @@ def test_the_budget_of_each_trial_decides_finished_or_stopped(search):
                                                  "interrupted": 0}
 
 
-def test_interrupted_trials_resume_and_parent_statuses(search):
-    client, exp, parent = search
+def test_interrupted_trials_resume_and_parent_statuses(ledger_store):
+    client, exp, parent = ledger_store
     a = trial(client, exp, parent, "a", 2, [0.5])
     assert ledger.interrupt_trials(client, exp, parent) == 1
     assert ledger.outcome_of(client.get_run(a)) == "interrupted"
@@ -72,8 +63,8 @@ def test_interrupted_trials_resume_and_parent_statuses(search):
         ledger.close_parent(client, parent, "done")
 
 
-def test_nonfinite_last_epoch_never_wins(search):
-    client, exp, parent = search
+def test_nonfinite_last_epoch_never_wins(ledger_store):
+    client, exp, parent = ledger_store
     a = trial(client, exp, parent, "a", 1, [float("nan")])
     ledger.trial_finished(client, a)
     records = ledger.trial_records(client, exp, parent, "val/pearson")

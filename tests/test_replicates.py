@@ -90,14 +90,6 @@ def test_replicates_report_the_mean_and_log_each_value_and_the_interval():
         replicate_metrics([per[0], {**per[1], "epoch": 2}], "val/pearson")
 
 
-@pytest.fixture
-def store(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.create_experiment("s", artifact_location=(tmp_path / "art").as_uri())
-    parent = ledger.open_parent(client, exp, "s-1", {}, {"metric": "val/pearson", "mode": "max"})
-    return client, exp, parent
-
-
 def replicated_trial(client, exp, parent, tid: str, per_epoch: list[list[float]], finished: bool = True) -> str:
     """A trial of len(per_epoch[0]) replicates logged the way dcell_trial logs it."""
     k = len(per_epoch[0])
@@ -113,8 +105,8 @@ def replicated_trial(client, exp, parent, tid: str, per_epoch: list[list[float]]
     return run_id
 
 
-def test_records_rank_by_the_mean_and_the_table_shows_the_interval(store):
-    client, exp, parent = store
+def test_records_rank_by_the_mean_and_the_table_shows_the_interval(ledger_store):
+    client, exp, parent = ledger_store
     replicated_trial(client, exp, parent, "steady", [[0.2, 0.3], [0.80, 0.82]])
     replicated_trial(client, exp, parent, "lucky", [[0.9, 0.1], [0.99, 0.60]])  # best single seed, lower mean
     replicated_trial(client, exp, parent, "early", [[0.95, 0.95]], finished=False)
@@ -134,8 +126,8 @@ def test_records_rank_by_the_mean_and_the_table_shows_the_interval(store):
     assert table[score_column("val/pearson")][1] == pytest.approx(0.795)
 
 
-def test_a_search_without_replicates_keeps_its_table(store):
-    client, exp, parent = store
+def test_a_search_without_replicates_keeps_its_table(ledger_store):
+    client, exp, parent = ledger_store
     replicated_trial(client, exp, parent, "a", [[0.5], [0.6]])
     records = ledger.trial_records(client, exp, parent, "val/pearson")
     assert (records[0].replicates, records[0].replicate_scores) == (1, (0.6,))
