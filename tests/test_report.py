@@ -224,3 +224,21 @@ def test_report_of_a_real_search_in_a_browser(tmp_path):
     assert f"parent run {parents[0].info.run_id}, MLflow" in facts[0]
     assert f"parent run {parents[0].info.run_id} (FINISHED)" in facts[1]
 
+
+
+def test_a_one_parameter_design_is_judged_on_its_replicate_scores():
+    """Two configurations, one trial each with 3 replicates: the interval of each value comes from its replicate
+    scores (n = 3), so a clear difference is resolved and a noisy one is not."""
+    def table(a, b):
+        return pd.DataFrame({"layers": ["1", "2"], stats.SCORE: [sum(a) / 3, sum(b) / 3],
+                             stats.REPLICATES: [3, 3], stats.REPLICATE_SCORES: [tuple(a), tuple(b)]})
+
+    clear = stats.marginal_effect(table((0.90, 0.91, 0.92), (0.80, 0.81, 0.79)), "layers", "choice", "max")
+    assert clear.resolved and [(e.value, e.n) for e in clear.effects] == [("1", 3), ("2", 3)]
+    assert clear.effects[0].mean == pytest.approx(0.91)
+    assert clear.effects[0].low == pytest.approx(stats.ledger.mean_interval([0.90, 0.91, 0.92])[1])
+    noisy = stats.marginal_effect(table((0.90, 0.70, 0.95), (0.80, 0.88, 0.75)), "layers", "choice", "max")
+    assert not noisy.resolved and "intervals overlap" in noisy.statement
+    without = stats.marginal_effect(table((0.90, 0.91, 0.92), (0.80, 0.81, 0.79)).drop(
+        columns=[stats.REPLICATE_SCORES]), "layers", "choice", "max")
+    assert not without.resolved and "fewer than two of its values have 2 or more scores" in without.statement

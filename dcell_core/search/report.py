@@ -72,8 +72,9 @@ def build(client: MlflowClient, parent, metric: str, mode: str, parameters) -> s
         table = table.drop(columns=["error"])
     table = table[[c for c in table.columns if c != "run_id"] + ["run_id"]]  # the long id last
     scored = pd.DataFrame([{**{k: r.run.data.params.get(k) for k in keys}, stats.SCORE: r.score,
-                            stats.REPLICATES: r.replicates} for r in records if math.isfinite(r.score)],
-                          columns=[*keys, stats.SCORE, stats.REPLICATES])
+                            stats.REPLICATES: r.replicates, stats.REPLICATE_SCORES: tuple(r.replicate_scores)}
+                           for r in records if math.isfinite(r.score)],
+                          columns=[*keys, stats.SCORE, stats.REPLICATES, stats.REPLICATE_SCORES])
     name = parent.data.tags.get(ledger.TAG_SEARCH, run_id)
     counts = ledger.counts(records)
     body = {
@@ -136,7 +137,7 @@ def _marginals_section(scored, searched, metric, mode) -> dict:
     notes = [f"For each parameter, the mean score of the scored trials that had each value (uniform and loguniform "
              f"ranges in {stats.BINS} quantile bins of the sampled values, randint ones when they have more than "
              f"{stats.MAX_LEVELS} values), with the {round(ledger.CI_LEVEL * 100)}% "
-             "Student-t interval of that mean over those trials (a trial with replicates counts once, with its mean). "
+             "Student-t interval of that mean over those trials (with replicates, over every replicate's score). "
              "An effect is resolved when the intervals of its best and worst value do not overlap. The other "
              "parameters vary at the same time, and ASHA-stopped trials enter with their earlier-epoch score, so "
              "these are marginal, not controlled, comparisons."]

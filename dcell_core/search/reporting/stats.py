@@ -17,6 +17,7 @@ from dcell_core.search import ledger
 
 SCORE = "score"
 REPLICATES = "replicates"  # optional column: the trial's replicate count (its score is their mean)
+REPLICATE_SCORES = "replicate_scores"  # optional column: the trial's per-replicate scores (a tuple)
 MAX_LEVELS = 8  # a numeric range with more distinct sampled values than this is shown in quantile bins
 BINS = 4
 # Below this many scored trials the importances are flagged unreliable: the random forests that fANOVA and the
@@ -35,7 +36,7 @@ COLLAPSE_RULE = (f"a trial is flagged when, at its last epoch, val/collapse > 0 
 @dataclass(frozen=True)
 class ValueEffect:
     value: str  # the parameter's value, or a bin of a numeric range ("[0.001, 0.003]")
-    n: int  # scored trials that had it
+    n: int  # scores behind the mean: trials that had the value, or with replicates their replicate scores
     mean: float
     low: float  # the ledger.CI_LEVEL Student-t interval of the mean (NaN for n = 1)
     high: float
@@ -64,9 +65,16 @@ def _levels(values: pd.Series, kind: str) -> pd.Series:
 def marginal_effect(table: pd.DataFrame, param: str, kind: str, mode: str) -> Marginal:
     """Mean score per value of `param` over the scored trials that had it, with its interval, and whether the
     effect is resolved: the intervals of its best and worst value (among values with an interval, i.e. at least 2
-    trials) do not overlap."""
+    scores) do not overlap. With replicates (REPLICATE_SCORES), every replicate's score counts once, so a
+    one-parameter design with k replicates has k scores per value."""
     scored = table[np.isfinite(table[SCORE].astype(float))]
-    groups = scored[SCORE].astype(float).groupby(_levels(scored[param], kind))
+    levels = _levels(scored[param], kind)
+    if REPLICATE_SCORES in scored and scored[REPLICATE_SCORES].map(len).max() > 1:
+        per = pd.DataFrame({"level": levels, "s": scored[REPLICATE_SCORES].map(list)}).explode("s")
+        values = per["s"].astype(float)
+        groups = values[np.isfinite(values)].groupby(per["level"][np.isfinite(values)])
+    else:
+        groups = scored[SCORE].astype(float).groupby(levels)
     effects = [ValueEffect(str(v), len(g), *ledger.mean_interval(g.to_numpy())) for v, g in groups]
     sign = -1.0 if mode == "max" else 1.0
     effects.sort(key=lambda e: (sign * e.mean, e.value))
@@ -79,7 +87,7 @@ def marginal_effect(table: pd.DataFrame, param: str, kind: str, mode: str) -> Ma
         return Marginal(param, tuple(effects), False, f"{param}: not resolved {where}: only one value was scored")
     if len(with_interval) < 2:
         return Marginal(param, tuple(effects), False,
-                        f"{param}: not resolved {where}: fewer than two of its values have 2 or more scored trials "
+                        f"{param}: not resolved {where}: fewer than two of its values have 2 or more scores "
                         "(an interval needs 2)")
     best, worst = with_interval[0], with_interval[-1]
     apart = best.low > worst.high if mode == "max" else best.high < worst.low
