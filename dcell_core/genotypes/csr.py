@@ -29,6 +29,13 @@ def row_of_entries(offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
 
+def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """int64 [sum(lengths)]: the positions starts[i] .. starts[i] + lengths[i] - 1 of every i, concatenated (a
+    vectorized gather of CSR slices)."""
+    first = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts) - first, lengths) + np.arange(int(np.sum(lengths)), dtype=np.int64)
+
+
 def validate_csr(gene_indices: np.ndarray, offsets: np.ndarray, num_genes: int) -> None:
     """Raise GenotypeDataError naming the first row that breaks a CSR genotype invariant."""
     if gene_indices.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1:

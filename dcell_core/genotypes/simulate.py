@@ -40,7 +40,7 @@ import numpy as np
 from dcell_core.ontology.hierarchy import Hierarchy
 
 from .config import SHARED_SIMULATOR_FIELDS, SIMULATOR_FIELDS, GenotypeConfig, validate_config
-from .csr import row_of_entries
+from .csr import ragged_positions, row_of_entries
 from .truth import TruthModel, build_truth
 
 EPS_CUTOFF = 0.08  # |eps| above which a double mutant counts as interacting (Costanzo 2016 intermediate cutoff)
@@ -78,8 +78,7 @@ class FitnessModel:
         rows = row_of_entries(offsets)  # [nnz]
         per_gene = np.diff(self.gene_term_offsets)[gene_indices]  # terms containing each entry's gene
         pair_row = np.repeat(rows, per_gene)
-        first = np.cumsum(per_gene) - per_gene
-        pos = np.repeat(self.gene_term_offsets[gene_indices] - first, per_gene) + np.arange(int(per_gene.sum()))
+        pos = ragged_positions(self.gene_term_offsets[gene_indices], per_gene)
         key, hits = np.unique(pair_row * num_terms + self.gene_terms[pos], return_counts=True)  # h_t per pair
         row, term = key // num_terms, key % num_terms
         frac_q = (hits / self.contained_counts[term]) ** self.hill

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from .csr import row_of_entries
+from .csr import ragged_positions, row_of_entries
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,6 @@ class TruthModel:
     def num_modules(self) -> int:
         return len(self.module_ids)
 
-    def members(self) -> list[np.ndarray]:
-        """Gene indices of each module, [M] arrays."""
-        genes = np.repeat(np.arange(len(self.gene_cost)), np.diff(self.module_offsets))
-        order = np.argsort(self.module_of, kind="stable")
-        bounds = np.searchsorted(self.module_of[order], np.arange(self.num_modules + 1))
-        return [genes[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
-
     def load(self, gene_indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """-log F(S) for each CSR genotype, float64 [N]."""
         n, m = len(offsets) - 1, self.num_modules
@@ -73,8 +66,7 @@ class TruthModel:
         load = np.bincount(rows, weights=self.gene_cost[gene_indices], minlength=n)
         per_gene = np.diff(self.module_offsets)[gene_indices]
         pair_row = np.repeat(rows, per_gene)
-        first = np.cumsum(per_gene) - per_gene
-        pos = np.repeat(self.module_offsets[gene_indices] - first, per_gene) + np.arange(int(per_gene.sum()))
+        pos = ragged_positions(self.module_offsets[gene_indices], per_gene)
         key, inverse, hits = np.unique(pair_row * m + self.module_of[pos], return_inverse=True,
                                        return_counts=True)  # h_m per (row, module)
         row, mod = key // m, key % m

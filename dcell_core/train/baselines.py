@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg, sparse
 
+from dcell_core.genotypes.csr import ragged_positions
 from dcell_core.train.metrics import regression_metrics
 
 PENALTIES = (1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -25,9 +26,7 @@ def disruption_matrix(gene_indices: np.ndarray, offsets: np.ndarray, rows: np.nd
                       num_genes: int) -> sparse.csr_matrix:
     """0/1 matrix [len(rows), num_genes] of the CSR genotypes `rows`."""
     lengths = np.diff(offsets)[rows]
-    starts = offsets[rows]
-    pos = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(int(lengths.sum()))
-    cols = gene_indices[pos]
+    cols = gene_indices[ragged_positions(offsets[rows], lengths)]
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     return sparse.csr_matrix((np.ones(len(cols)), cols, indptr), shape=(len(rows), num_genes))
 
