@@ -31,10 +31,16 @@ def read(run) -> dict[str, dict[str, float]]:
             if any(ledger.baseline_metric(kind, m) in metrics for m in SPLITS_METRICS)}
 
 
+def shown_metrics(metric: str) -> tuple[str, str]:
+    """(validation, test) baseline metric shown next to a search's metric: its own where the baselines have it
+    (val/pearson, val/mse), else val/pearson."""
+    shown = metric if metric in SPLITS_METRICS else "val/pearson"
+    return shown, shown.replace("val/", "test/")
+
+
 def describe(values: dict[str, dict[str, float]], metric: str) -> str:
     """One line for the console: each baseline's value of the search's metric (val/pearson and val/mse have a
     baseline counterpart; other metrics are shown as val/pearson), and its test value."""
-    shown = metric if metric in SPLITS_METRICS else "val/pearson"
-    test = shown.replace("val/", "test/")
+    shown, test = shown_metrics(metric)
     parts = [f"{kind} {v[shown]:.4f} (test {v[test]:.4f})" for kind, v in values.items() if shown in v and test in v]
     return f"per-gene baselines (ridge on the train split), {shown}: " + ", ".join(parts)

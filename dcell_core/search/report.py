@@ -117,9 +117,8 @@ def _baselines_section(fitted: dict, winner, metric: str, mode: str) -> dict:
              "beyond per-gene effects is the winner's margin over them."]
     if not fitted:
         return {"notes": notes, "lines": [("unresolved", "not recorded: this search's parent run holds no baselines")]}
-    shown = metric if metric in baselines.SPLITS_METRICS else "val/pearson"
-    rows = [{"model": kind, shown: v.get(shown, math.nan), shown.replace("val/", "test/"):
-             v.get(shown.replace("val/", "test/"), math.nan)} for kind, v in fitted.items()]
+    shown, test = baselines.shown_metrics(metric)
+    rows = [{"model": kind, shown: v.get(shown, math.nan), test: v.get(test, math.nan)} for kind, v in fitted.items()]
     lines = []
     if winner is not None and shown == metric:
         rows.insert(0, {"model": f"DCell winner (trial {winner.trial_id})", shown: winner.score})
