@@ -8,10 +8,20 @@ the same thread count, interleaved and best of N repeats (the 2 cores are shared
 disturbed run). The dense floor is one [B, 4096] @ [4096, P/4096] matmul forward + backward (input and weight
 requiring grad) with P = the model's parameter count, measured in the same run. floor_ratio = fast_s / floor_s.
 
+The perturbation floor is the dense floor at the effective batch b_eff: the arithmetic of only the perturbed
+(term, sample) pairs plus one wild-type row per term. Term t is perturbed in sample b when any gene of its subtree
+(its direct genes and those of all its descendants) is nonzero in x[b]; with n_t the perturbed samples of t in the
+batch and P_t the oracle parameters of `terms[t]` (embedding / attention parameters, if any, count at the full
+batch B), b_eff = ceil(sum_t P_t (n_t + 1) / sum_t P_t). pert_floor_ratio = fast_s / pert_floor_s; it is timed in
+the same interleaved loop as the dense floor.
+
 Genotypes are triple disruptions (3 random genes per sample, `--genes-per-sample`), as in a triple-mutant screen.
 The stratum-parallel model applies the gene columns of its first layers from the nonzero genotype entries
 (ModelConfig.sparse_gene_inputs, on by default), so its time grows with the disrupted genes per sample;
 `--dense-gene-inputs` turns that off (dense matmuls over all gene inputs, as the oracle).
+
+Every result names its CPU: `cpu` (model name), `cpu_flags` (the vector extensions among sse4_2, avx, avx2, fma,
+f16c, avx512* and amx* in /proc/cpuinfo) and `torch_cpu_capability` (the kernels PyTorch dispatches to).
 
 peak_mb: parameters + optimizer state of the stratum-parallel model plus the peak of the bytes allocated during
 one step (gradients, activations, temporaries), from the PyTorch profiler's allocation events
@@ -43,6 +53,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, from_oracle  # noqa: E402
+from dcell_core.nn.common import TermSizes  # noqa: E402
+from dcell_core.nn.oracle import OracleDCell  # noqa: E402
 from dcell_core.ontology.hierarchy import Hierarchy  # noqa: E402
 
 YEAST_STRATA = [1156, 727, 451, 292, 203, 138, 86, 58, 37, 20, 13, 9, 6, 2, 1, 1]
@@ -147,6 +159,26 @@ def floor_step(num_weights: int, batch: int, device: torch.device = torch.device
     return run
 
 
+def perturbed_counts(sizes: TermSizes, x: torch.Tensor) -> np.ndarray:
+    """n_t [T]: the samples of x [B, G] in which any gene of term t's subtree is nonzero."""
+    subtree = np.zeros((sizes.num_terms, sizes.num_genes), dtype=bool)  # [T, G]
+    for t, (kids, genes) in enumerate(zip(sizes.children, sizes.direct_genes)):  # children precede parents
+        subtree[t, list(genes)] = True
+        if kids:
+            subtree[t] |= subtree[list(kids)].any(axis=0)
+    hit = x.detach().cpu().numpy() != 0  # [B, G]
+    cols = np.flatnonzero(hit.any(axis=0))  # only the genes disrupted somewhere in the batch
+    return ((subtree[:, cols].astype(np.int32) @ hit[:, cols].T.astype(np.int32)) > 0).sum(axis=1)
+
+
+def effective_batch(oracle: OracleDCell, x: torch.Tensor) -> int:
+    """b_eff = ceil(sum_t P_t (n_t + 1) / sum_t P_t), parameters outside `oracle.terms` at the full batch."""
+    per_term = np.array([sum(p.numel() for p in term.parameters()) for term in oracle.terms])
+    total = sum(p.numel() for p in oracle.parameters())
+    work = int(per_term @ (perturbed_counts(oracle.sizes, x) + 1)) + (total - int(per_term.sum())) * x.shape[0]
+    return -(-work // total)
+
+
 def genotype_batch(num_genes: int, batch: int, seed: int, per_sample: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_sample` random disrupted genes per sample (3: triple disruptions) and random targets."""
     g = torch.Generator().manual_seed(seed)
@@ -172,36 +204,55 @@ def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log,
     rows = []
     for batch in batches:
         x, y = (t.to(device) for t in genotype_batch(h.num_genes, batch, seed=batch, per_sample=per_sample))
-        floor = floor_step(num_weights, batch, device, bf16)
+        b_eff = effective_batch(oracle, x)
+        floors = {"floor": floor_step(num_weights, batch, device, bf16),
+                  "pert_floor": floor_step(num_weights, b_eff, device, bf16)}
         for tr in trainers.values():
             tr.step(x, y)  # warm-up: optimizer state, allocator
-        floor()
-        times = {"oracle": [], "fast": [], "floor": []}
+        for run in floors.values():
+            run()
+        times = {"oracle": [], "fast": [], "floor": [], "pert_floor": []}
         for _ in range(repeats):
             for name, tr in trainers.items():
                 times[name].append(tr.step(x, y))
-            times["floor"].append(floor())
+            for name, run in floors.items():
+                times[name].append(run())
         best = {k: min(v) for k, v in times.items()}
         row = {"width_basis": basis, "batch": batch, "parameters": num_weights,
                "oracle_s": best["oracle"], "fast_s": best["fast"], "floor_s": best["floor"],
+               "b_eff": b_eff, "pert_floor_s": best["pert_floor"],
                "fast_median_s": float(np.median(times["fast"])),
                "speedup": best["oracle"] / best["fast"], "floor_ratio": best["fast"] / best["floor"],
+               "pert_floor_ratio": best["fast"] / best["pert_floor"],
                "samples_per_s": batch / best["fast"], "oracle_samples_per_s": batch / best["oracle"],
                "peak_mb": trainers["fast"].peak_mb(x, y), "oracle_peak_mb": trainers["oracle"].peak_mb(x, y)}
         log(f"[{basis}] batch {batch}: oracle {row['oracle_s']:.3f} s, fast {row['fast_s']:.3f} s, floor "
-            f"{row['floor_s']:.3f} s, speedup {row['speedup']:.1f}x, floor ratio {row['floor_ratio']:.2f}")
+            f"{row['floor_s']:.3f} s, speedup {row['speedup']:.1f}x, floor ratio {row['floor_ratio']:.2f}, "
+            f"b_eff {b_eff}: pert floor {row['pert_floor_s']:.3f} s, pert ratio {row['pert_floor_ratio']:.2f}")
         rows.append(row)
-        del floor
+        del floors
         gc.collect()
     return rows
 
 
-def cpu_model() -> str:
+def _cpuinfo(key: str) -> str:
+    """The value of the first `key` line of /proc/cpuinfo."""
     with open("/proc/cpuinfo") as fh:
         for line in fh:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    raise RuntimeError("no 'model name' line in /proc/cpuinfo")
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    raise RuntimeError(f"no {key!r} line in /proc/cpuinfo")
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name")
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions among /proc/cpuinfo's flags: sse4_2, avx, avx2, fma, f16c, avx512*, amx*."""
+    return sorted(f for f in _cpuinfo("flags").split()
+                  if f in ("sse4_2", "avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,21 +293,26 @@ def main(argv: list[str] | None = None) -> None:
                             args.genes_per_sample, not args.dense_gene_inputs, device, args.bf16)
     result = {"hierarchy": name, "fingerprint": h.fingerprint, "terms": h.num_terms, "genes": h.num_genes,
               "threads": args.threads, "device": str(device), "bf16": args.bf16,
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "cpu": cpu_model(),
+              "cpu_flags": cpu_flags(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "cores": os.cpu_count(), "torch": torch.__version__,
               "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", ""), "repeats": args.repeats,
               "genes_per_sample": args.genes_per_sample, "sparse_gene_inputs": not args.dense_gene_inputs,
               "load_average_before_after": [load_before[0], os.getloadavg()[0]], "rows": rows}
     if args.json:
         print(json.dumps(result))
     else:
-        where = result["gpu"] or f"{args.threads} threads, {result['cpu']}"
-        print(f"\n{name}, {where}{', bf16 autocast' if args.bf16 else ''}, best of {args.repeats}")
-        print("| basis | batch | params | oracle s | fast s | floor s | speedup | floor ratio | samples/s | peak MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        where = f"{result['gpu']}, " if result["gpu"] else f"{args.threads} threads, "
+        print(f"\n{name}, {where}{result['cpu']} (torch CPU capability {result['torch_cpu_capability']}; "
+              f"{' '.join(result['cpu_flags'])}){', bf16 autocast' if args.bf16 else ''}, best of {args.repeats}")
+        print("| basis | batch | params | oracle s | fast s | floor s | pert floor s | speedup | floor ratio "
+              "| pert ratio | samples/s | peak MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['width_basis']} | {r['batch']} | {r['parameters'] / 1e6:.1f} M | {r['oracle_s']:.3f} | "
-                  f"{r['fast_s']:.3f} | {r['floor_s']:.3f} | {r['speedup']:.1f} | {r['floor_ratio']:.2f} | "
-                  f"{r['samples_per_s']:.0f} | {r['peak_mb']:.0f} |")
+                  f"{r['fast_s']:.3f} | {r['floor_s']:.3f} | {r['pert_floor_s']:.3f} | {r['speedup']:.1f} | "
+                  f"{r['floor_ratio']:.2f} | {r['pert_floor_ratio']:.2f} | {r['samples_per_s']:.0f} | "
+                  f"{r['peak_mb']:.0f} |")
 
 
 if __name__ == "__main__":
