@@ -56,6 +56,7 @@ class BackwardState:
         # the gradient buffer takes the dtype and device of the activation buffer, i.e. of the genotypes `like`
         # (under autocast gradients may arrive in another dtype)
         self.num_rows, self.dtype, self.device, self.workspace = num_rows, like.dtype, like.device, workspace
+        self.batch = like.shape[0]
         self.grad_buf: torch.Tensor | None = None
         self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
 
@@ -70,7 +71,8 @@ class BackwardState:
 
 class ReadStratum(torch.autograd.Function):
     """Gather every bucket input part of one stratum from the activation buffer: one [n * c_max, B] (children)
-    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers`; then, when `below` (the stratum
+    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers` (an [n, c_max, m] index of flat buffer
+    positions instead of a row index: an [n, c_max, m] tensor, see perturbed.py); then, when `below` (the stratum
     whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward
     adds their input gradient in place into the shared gradient buffer before handing the rows back: the
     stratum output's gradient arrives whole, with no separate sum of two [R_s, B] gradients."""
@@ -83,7 +85,9 @@ class ReadStratum(torch.autograd.Function):
         ctx.gathers, ctx.state, ctx.stratum, ctx.spans, ctx.below = gathers, state, stratum, spans, below
         ctx.n_sources = n_sources
         ctx.set_materialize_grads(False)  # a bucket whose input gets no gradient adds nothing
-        out = tuple(buf.index_select(0, index) for index in gathers)
+        flat = buf.view(-1)
+        out = tuple(buf.index_select(0, index) if index.dim() == 1 else
+                    flat.index_select(0, index.view(-1)).view(index.shape) for index in gathers)
         if not genes_need_grad:
             ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
         if below is None:
@@ -100,8 +104,11 @@ class ReadStratum(torch.autograd.Function):
             if grad is None:
                 continue
             if state.grad_buf is None:
-                state.new_grad_buf(grad.shape[1])
-            state.grad_buf.index_add_(0, index, grad)
+                state.new_grad_buf(state.batch)
+            if index.dim() == 1:
+                state.grad_buf.index_add_(0, index, grad)
+            else:
+                state.grad_buf.view(-1).index_add_(0, index.view(-1), grad.reshape(-1))
         needs = ctx.needs_input_grad[9:]
         head_grads: list = []
         if ctx.below is not None:
@@ -119,7 +126,9 @@ class ReadStratum(torch.autograd.Function):
         grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
         # views of the reused gradient buffer for stratum outputs (their backward makes new tensors from them);
         # copies for the gene region, whose gradient may end up stored (a leaf's .grad)
-        out = tuple((grad_buf[a:b].view(shape) if ctx.below is not None else grad_buf[a:b].reshape(shape).clone())
+        # (a wild-type span, perturbed.py: the first shape[0] values of its rows)
+        out = tuple((grad_buf[a:b].view(-1)[:shape[0]] if len(shape) == 1 else grad_buf[a:b].view(shape)
+                     if ctx.below is not None else grad_buf[a:b].reshape(shape).clone())
                     if need and grad_buf is not None else None
                     for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
         if ctx.stratum == state.last_reader:

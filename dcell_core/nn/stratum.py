@@ -108,17 +108,35 @@ class Stratum(nn.Module):
         values e at the entries `c.rows`, `c.flat`. Activation and norm (batch statistics as sums weighted by
         how many samples hold v0) run on that form, and only the output is made dense."""
         bias = flat_cat([b.biases[0] for b in self.buckets])  # [R_s]
-        add = self.gene_weight[c.w_idx]
+        add = self.gene_weight.index_select(0, c.w_idx)
         if c.values is not None:
             add = add * c.values.to(add.dtype)
-        e = bias[c.rows] + add.new_zeros(c.size).index_add(0, c.e_idx, add)
-        v0 = bias
+        e = bias.index_select(0, c.rows) + add.new_zeros(c.size).index_add(0, c.e_idx, add)
+        return self.compact_finish(bias, e, c, B, act, norm_order, norm_type, training)
+
+    def pair_output(self, parts: tuple[torch.Tensor, ...], p, B: int, act, norm_order: str, norm_type: str,
+                    training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output [R_s, B] and the wild-type output [R_s] of a stratum in perturbation form (perturbed.py;
+        `p` its `StratumPairs`, `parts` the reads of its buckets with children, in bucket order)."""
+        it = iter(parts)
+        tensors: list[torch.Tensor | None] = []
+        for bucket, read in zip(self.buckets, p.reads):
+            tensors += [bucket.biases[0], bucket.child_weight, next(it) if read is not None else None, None, None]
+        tensors.append(self.gene_weight if p.genes is not None else None)
+        z = StratumLinear.apply(self.rows, p.cols, p.genes, *tensors)
+        return self.compact_finish(z.index_select(0, p.z_wild), z.index_select(0, p.z_entry), p.compact, B, act,
+                                   norm_order, norm_type, training)
+
+    def compact_finish(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, act, norm_order: str,
+                       norm_type: str, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm and activation of the wild-type pre-activations v0 [R_s] and the other entries e (`c.rows`,
+        `c.flat`); returns the dense output [R_s, B] and the wild-type output [R_s]."""
         if norm_order == "act_norm":
             v0, e = self._compact_norm(act(v0), act(e), c, B, norm_type, training)
         else:
             v0, e = self._compact_norm(v0, e, c, B, norm_type, training)
             v0, e = act(v0), act(e)
-        return ExpandScatter.apply(v0, e, c.rows, c.flat, B)
+        return ExpandScatter.apply(v0, e, c.rows, c.flat, B), v0
 
     def _compact_norm(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, norm_type: str, training: bool,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,19 +149,19 @@ class Stratum(nn.Module):
                                  f"{torch.Size([1, self.num_rows, B])}")
             held = B - v0.new_zeros(self.num_rows).index_add_(0, c.rows, v0.new_ones(c.size))  # samples at v0
             mean = (held * v0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, e)) / B
-            d0, de = v0 - mean, e - mean[c.rows]
+            d0, de = v0 - mean, e - mean.index_select(0, c.rows)
             var = (held * d0 * d0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, de * de)) / B
             with torch.no_grad():
                 rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
                 rv.mul_(1 - BN_MOMENTUM).add_(var.detach(), alpha=BN_MOMENTUM * B / (B - 1))
         else:
             mean, var = rm, rv
-            d0, de = v0 - mean, e - mean[c.rows]
+            d0, de = v0 - mean, e - mean.index_select(0, c.rows)
         inv = torch.rsqrt(var + NORM_EPS)
         gain = flat_cat([b.norm_weights[0] for b in self.buckets])
         shift = flat_cat([b.norm_biases[0] for b in self.buckets])
         scale = inv * gain
-        return d0 * scale + shift, de * scale[c.rows] + shift[c.rows]
+        return d0 * scale + shift, de * scale.index_select(0, c.rows) + shift.index_select(0, c.rows)
 
     def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
         if norm_type == "none":

@@ -32,6 +32,7 @@ from dcell_core.nn.buckets import TermBucket
 from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
 from dcell_core.nn.compact import Compact, compact_entries
 from dcell_core.nn.config import ModelConfig
+from dcell_core.nn.perturbed import PerturbationLayout
 from dcell_core.nn.plan import build_plan
 from dcell_core.nn.reads import BackwardState, ReadStratum, Workspace
 from dcell_core.nn.stratum import Stratum
@@ -80,6 +81,9 @@ class StratumDCell(nn.Module):
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         if self.binary_genes:
             self._register_gene_slots()
+        # stratum 0 and, batch by batch, the strata above it computed at their perturbed samples only
+        self.perturbation = (PerturbationLayout(sizes, plan, list(self.strata)) if sparse_genes and
+                             cfg.subsystem_layers == 1 and cfg.norm_type in ("batch", "none") else None)
         self._buf_workspace, self._grad_workspace = Workspace(), Workspace()
         self.reset_parameters()
 
@@ -100,13 +104,14 @@ class StratumDCell(nn.Module):
         self.register_buffer("gene_slot_table", torch.from_numpy(np.ascontiguousarray(table[:, 1:])),
                              persistent=False)
 
-    def _sparse_entries(self, x: torch.Tensor, compact_first: bool) -> list:
+    def _sparse_entries(self, x: torch.Tensor, nonzero: tuple[torch.Tensor, torch.Tensor], compact_first: bool
+                        ) -> list:
         """Per stratum (None where it has no gene columns), the elements (gene_weight index, flat index into the
         [R_s, B] stratum tensor, genotype value, or None when every nonzero entry is 1) of every nonzero genotype
         entry x[b, g], once for each row r < L_t of each input slot (term t) of gene g. With `compact_first`,
         stratum 0's entry is a `Compact` description instead (see `Stratum.compact_output`)."""
         B, dev = x.shape[0], x.device
-        b_nz, g_nz = x.nonzero(as_tuple=True)
+        b_nz, g_nz = nonzero
         value = x[b_nz, g_nz]
         start = self.gene_slot_ptr[g_nz]
         count = self.gene_slot_ptr[g_nz + 1] - start
@@ -168,13 +173,26 @@ class StratumDCell(nn.Module):
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_states: bool = False) -> DCellOutput:
         check_genotypes(x, self.sizes.num_genes)
-        state = BackwardState(self.plan.num_rows, x, self._grad_workspace)
+        rows = self.buffer_rows(x.shape[0])
+        state = BackwardState(rows, x, self._grad_workspace)
         # every row but row 0 is written before it is read; nothing reads the buffer after forward returns
-        buf = self._buf_workspace.acquire(state, self.plan.num_rows, x.shape[0], x.dtype, x.device)
+        buf = self._buf_workspace.acquire(state, rows, x.shape[0], x.dtype, x.device)
         try:
             return self._forward(x, buf, state, return_states)
         finally:
             self._buf_workspace.release(state)
+
+    def buffer_rows(self, batch: int) -> int:
+        """Rows of the activation and gradient buffers at this batch size: the plan's, then the wild-type rows."""
+        return self.plan.num_rows + (self._wild_rows(batch)[-1] if self.perturbation is not None else 0)
+
+    def _wild_rows(self, B: int) -> list[int]:
+        """Buffer rows after the plan's that hold the wild-type outputs of strata in perturbation form: stratum s's
+        R_s values from row num_rows + out[s] (flat, row-major); out[-1] = how many such rows there are."""
+        out = [0]
+        for st in self.strata:
+            out.append(out[-1] + -(-st.num_rows // B))
+        return out
 
     def _forward(self, x: torch.Tensor, buf: torch.Tensor, state: BackwardState, return_states: bool,
                  ) -> DCellOutput:
@@ -185,8 +203,15 @@ class StratumDCell(nn.Module):
         # binary genotypes needing no gradient: gene columns computed from the nonzero entries only
         sparse = self.binary_genes and self.cfg.sparse_gene_inputs and not genes_need_grad
         # stratum 0 (no children) computed from its few non-wild-type columns; see Stratum.compact_output
-        compact = sparse and self.cfg.subsystem_layers == 1 and self.cfg.norm_type in ("batch", "none")
-        entries = self._sparse_entries(x, compact) if sparse else [None] * len(self.strata)
+        compact = sparse and self.perturbation is not None
+        nonzero = x.nonzero(as_tuple=True) if sparse else None
+        entries = self._sparse_entries(x, nonzero, compact) if sparse else [None] * len(self.strata)
+        # strata above 0 in perturbation form (perturbed.py): a prefix of the strata, decided per batch
+        counts = self.perturbation.counts(*nonzero, B) if compact and len(self.strata) > 1 else None
+        if counts is not None:  # flat buffer position of each stratum's wild-type outputs; the last: the zero row
+            wild = torch.tensor([(self.plan.num_rows + r) * B for r in self._wild_rows(B)[:-1]] + [0],
+                                dtype=torch.long, device=x.device)
+        formed, v0 = 0, None  # strata 0..formed-1 are in that form; v0: the wild-type output of the last
         readers = []
         heads, outs = [], []
         if not sparse:  # the sparse path reads no gene rows
@@ -196,11 +221,21 @@ class StratumDCell(nn.Module):
         norm_type, training = self.cfg.norm_type, self.training
         below = None  # the stratum whose output is `sources`: its heads are computed by the next read
         for s, stratum in enumerate([*self.strata, None]):
+            genes = not sparse
+            layout = None
+            if counts is not None and 0 < s < len(self.strata) and formed == s and \
+                    self.perturbation.takes_form(s, counts[3], B):
+                layout = self.perturbation.stratum(s, counts[:3], counts[3], B, entries[s], wild)
+                # the wild-type outputs of the stratum below are read here (column 0 of every read) and nowhere
+                # above: this read hands their gradient back with that of its dense output
+                a = int(wild[s - 1]) // B
+                sources, spans = [*sources, v0], [*spans, (a, a - (-below.num_rows // B), (below.num_rows,))]
             if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
                 readers.append(s)
-            genes = not sparse
             tensors = (*sources, *(below.head_params() if below is not None else ()))
-            parts = ReadStratum.apply(buf, stratum.gathers(genes) if stratum is not None else (),
+            gathers = (tuple(r for r in layout.reads if r is not None) if layout is not None
+                       else stratum.gathers(genes) if stratum is not None else ())
+            parts = ReadStratum.apply(buf, gathers,
                                        tuple(g for _, g in stratum.read_parts(genes)) if stratum is not None else (),
                                        genes_need_grad, state, s, spans, below, len(sources), *tensors)
             if below is not None:
@@ -208,11 +243,14 @@ class StratumDCell(nn.Module):
                 parts = parts[:-1]
             if stratum is None:
                 break
+            v0 = None
             if isinstance(entries[s], Compact):
-                h = stratum.compact_output(entries[s], B, self.act, self.cfg.norm_order, norm_type, training)
+                h, v0 = stratum.compact_output(entries[s], B, self.act, self.cfg.norm_order, norm_type, training)
+            elif layout is not None:
+                h, v0 = stratum.pair_output(parts, layout, B, self.act, self.cfg.norm_order, norm_type, training)
             else:
                 h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
-            for k in range(self.cfg.subsystem_layers if not isinstance(entries[s], Compact) else 0):
+            for k in range(self.cfg.subsystem_layers if v0 is None else 0):
                 if k:
                     h = stratum.next_layer(h, k)
                 if self.cfg.norm_order == "act_norm":
@@ -222,6 +260,9 @@ class StratumDCell(nn.Module):
             a = stratum.row_start
             with torch.no_grad():
                 buf[a:a + stratum.num_rows].copy_(h)
+                if v0 is not None and counts is not None:
+                    formed += 1
+                    buf.view(-1)[int(wild[s]): int(wild[s]) + stratum.num_rows].copy_(v0)
             sources, spans, below = [h], [(a, a + stratum.num_rows, h.shape)], stratum
             outs.append(h)
         state.last_reader = min(readers, default=-1)

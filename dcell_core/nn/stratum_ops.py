@@ -44,38 +44,44 @@ class StratumLinear(torch.autograd.Function):
     None, dense_inp [n, g, B] or None), flattened, then flat_weight [P] or None."""
 
     @staticmethod
-    def forward(ctx, rows: tuple[BucketRows, ...], batch: int, sparse: tuple[torch.Tensor, ...] | None,
+    def forward(ctx, rows: tuple[BucketRows, ...], batch: int | tuple[int, ...], sparse: tuple[torch.Tensor, ...] | None,
                 *tensors):
         dtype = compute_dtype(tensors[0])
         flat_weight = tensors[-1]
-        out = torch.empty(sum(b.n * b.w for b in rows), batch, dtype=dtype, device=tensors[0].device)
+        # `batch` an int: every bucket has that many columns and the result is [R_s, B]; a tuple: bucket q has
+        # batch[q] columns and the result is flat, bucket q's [n, w, batch[q]] block after the blocks before it
+        cols = (batch,) * len(rows) if isinstance(batch, int) else tuple(batch)
+        starts = [0]
+        for b, c in zip(rows, cols):
+            starts.append(starts[-1] + b.n * b.w * c)
+        out = torch.empty(starts[-1], dtype=dtype, device=tensors[0].device)
         for q, b in enumerate(rows):
             bias, weight, inp, dense_w, dense_inp = (_cast(t, dtype) for t in tensors[5 * q: 5 * q + 5])
-            h = out[b.start: b.start + b.n * b.w].view(b.n, b.w, batch)
+            h = out[starts[q]: starts[q + 1]].view(b.n, b.w, cols[q])
             if weight is not None:
                 torch.baddbmm(bias, weight, inp, out=h)
             else:
-                h.copy_(bias.expand(b.n, b.w, batch))
+                h.copy_(bias.expand(b.n, b.w, cols[q]))
             if dense_w is not None:
                 h.baddbmm_(dense_w, dense_inp)
         if sparse is not None:
             w_idx, o_idx, value = sparse
             add = _cast(flat_weight, dtype)[w_idx]
-            out.view(-1).index_add_(0, o_idx, add if value is None else add * value.to(dtype))
-        ctx.rows, ctx.batch, ctx.sparse, ctx.dtype = rows, batch, sparse, dtype
+            out.index_add_(0, o_idx, add if value is None else add * value.to(dtype))
+        ctx.rows, ctx.cols, ctx.starts, ctx.sparse, ctx.dtype = rows, cols, starts, sparse, dtype
         ctx.flat_shape = None if flat_weight is None else flat_weight.shape
         ctx.save_for_backward(*tensors[:-1])
-        return out
+        return out.view(starts[-1] // batch, batch) if isinstance(batch, int) else out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        grad = grad.contiguous()
+        grad = grad.contiguous().view(-1)
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[3:]
         grads: list[torch.Tensor | None] = [None] * (len(saved) + 1)
         for q, b in enumerate(ctx.rows):
-            g = grad[b.start: b.start + b.n * b.w].view(b.n, b.w, ctx.batch)
+            g = grad[ctx.starts[q]: ctx.starts[q + 1]].view(b.n, b.w, ctx.cols[q])
             k = 5 * q
             if needs[k]:
                 grads[k] = g.sum(-1, keepdim=True)
@@ -90,7 +96,7 @@ class StratumLinear(torch.autograd.Function):
         if ctx.sparse is not None and needs[-1]:
             w_idx, o_idx, value = ctx.sparse
             flat_grad = grad.new_zeros(ctx.flat_shape)
-            picked = grad.view(-1)[o_idx]
+            picked = grad[o_idx]
             flat_grad.index_add_(0, w_idx, picked if value is None else picked * value.to(grad.dtype))
             grads[-1] = flat_grad
         return (None, None, None, *grads)

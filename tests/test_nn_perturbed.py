@@ -1,0 +1,110 @@
+"""Strata above 0 in perturbation form (dcell_core/nn/perturbed.py) equal the per-term oracle in float64.
+
+A stratum takes the form batch by batch (its perturbed reads at most `max_read_ratio` of the dense reads, every
+stratum below in the form too). These tests force the form on every eligible stratum (ratio infinite), on some
+(the default rule on triple mutants of a real sub-hierarchy) or on none, and compare outputs, loss, every
+gradient, the batch-norm running statistics and eval outputs with the oracle (`assert_equivalent`).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss
+from dcell_core.nn.perturbed import PerturbationLayout
+from test_nn_equivalence import COMPACT_CASES, assert_equivalent, hand_hierarchy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def formed(monkeypatch):
+    """The strata laid out in perturbation form, per forward call (a list per call)."""
+    calls: list[list[int]] = []
+    real = PerturbationLayout.stratum
+
+    def recording(self, s, *args):
+        if s == 1:
+            calls.append([])
+        calls[-1].append(s)
+        return real(self, s, *args)
+
+    monkeypatch.setattr(PerturbationLayout, "stratum", recording)
+    return calls
+
+
+def sparse_genotypes(num_genes: int, batch: int, per_sample: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(batch, num_genes, dtype=torch.float64)
+    x[torch.arange(batch).repeat_interleave(per_sample), torch.randint(0, num_genes, (batch * per_sample,),
+                                                                       generator=g)] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("case", sorted(COMPACT_CASES))
+@pytest.mark.parametrize("values", ["binary", "weighted"])
+def test_every_stratum_in_perturbation_form_equals_oracle(case, values, formed, monkeypatch):
+    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    h = hand_hierarchy()
+    x = sparse_genotypes(h.num_genes, 7, 2, seed=3)
+    x[0] = 0.0  # a wild-type sample: no term is perturbed in it
+    if values == "weighted":
+        x = x * torch.linspace(0.25, 2.0, h.num_genes, dtype=torch.float64)
+    assert_equivalent(h, COMPACT_CASES[case], batch=7, x=x, genotype_grad=False)
+    # every forward (the oracle's comparison, train and eval) laid out strata 1..3 in the form
+    assert formed and all(f == [1, 2, 3] for f in formed)
+
+
+def test_duplicate_genes_and_an_unperturbed_bucket(formed, monkeypatch):
+    """Two disrupted genes of one term in one sample, and samples where only one branch is hit, so some terms
+    (and whole buckets) of a formed stratum have no perturbed sample at all."""
+    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    h = hand_hierarchy()
+    x = torch.zeros(5, h.num_genes, dtype=torch.float64)
+    gi = h.gene_index
+    for b, genes in enumerate([["g1", "g2"], ["g4"], ["k3"], ["g1", "g2", "g3"], ["k2", "k3"]]):
+        x[b, [gi[g] for g in genes]] = 1.0
+    assert_equivalent(h, dict(width_basis="direct", min_width=3, width_ratio=2.0), batch=5, x=x,
+                      genotype_grad=False)
+    assert formed and all(f == [1, 2, 3] for f in formed)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+def test_the_rule_forms_a_prefix_of_the_strata(formed, monkeypatch, ratio):
+    """Sparse genotypes on a real hierarchy (yeast_dna_repair: 288 genes, so a disrupted gene perturbs far more of it
+    than of the whole genome, and the default ratio forms nothing here): the lowest strata take the form (a prefix
+    from stratum 1), the top ones stay dense, and the mix equals the oracle."""
+    from dcell_core.ontology import load_named
+
+    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", ratio)
+    h = load_named("yeast_dna_repair")
+    x = sparse_genotypes(h.num_genes, 256, 1 if ratio < 0.5 else 3, seed=0)
+    assert_equivalent(h, dict(width_basis="direct"), batch=256, x=x, genotype_grad=False)
+    assert formed, "no stratum took the form"
+    assert all(f == list(range(1, len(f) + 1)) for f in formed)  # a prefix from stratum 1
+    assert max(len(f) for f in formed) < h.num_strata - 1  # the top strata stay dense
+
+
+def test_no_form_when_most_samples_perturb_most_terms(formed):
+    h = hand_hierarchy()
+    x = (torch.rand(6, h.num_genes, generator=torch.Generator().manual_seed(1)) < 0.3).double()
+    assert_equivalent(h, {}, batch=6, x=x, genotype_grad=False)
+    assert formed == []
+
+
+@pytest.mark.parametrize("kw", [dict(norm_type="layer"), dict(subsystem_layers=2), dict(learnable_embedding_dim=4),
+                                dict(sparse_gene_inputs=False), dict(num_attention_heads=1, norm_type="layer")])
+def test_settings_outside_the_form_take_the_general_path(kw):
+    """docs/performance.md names these: the form needs binary genes on the sparse path, one layer, batch norm or
+    none."""
+    assert build_dcell(hand_hierarchy(), ModelConfig(**kw)).perturbation is None
+
+
+def test_genotypes_needing_a_gradient_take_the_general_path(formed, monkeypatch):
+    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    h = hand_hierarchy()
+    model = build_dcell(h, ModelConfig()).double()
+    x = sparse_genotypes(h.num_genes, 4, 2, seed=0).requires_grad_(True)
+    total, _ = dcell_loss(model(x), torch.zeros(4, dtype=torch.float64), LossConfig())
+    total.backward()
+    assert formed == [] and x.grad is not None
