@@ -20,6 +20,10 @@ The stratum-parallel model applies the gene columns of its first layers from the
 (ModelConfig.sparse_gene_inputs, on by default), so its time grows with the disrupted genes per sample;
 `--dense-gene-inputs` turns that off (dense matmuls over all gene inputs, as the oracle).
 
+`unformed_s` times a third copy of the stratum-parallel model with no stratum above 0 in perturbation form
+(`perturbation.max_read_ratio = 0`: stratum 0's compact form only, the model before that form existed), in the
+same loop; form_gain = unformed_s / fast_s (absent where the settings take the general path).
+
 Every result names its CPU: `cpu` (model name), `cpu_flags` (the vector extensions among sse4_2, avx, avx2, fma,
 f16c, avx512* and amx* in /proc/cpuinfo) and `torch_cpu_capability` (the kernels PyTorch dispatches to).
 
@@ -201,6 +205,10 @@ def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log,
         f"plan {fast.plan.stats}")
     num_weights = sum(p.numel() for p in oracle.parameters())
     trainers = {"oracle": Trainer(oracle, bf16), "fast": Trainer(fast, bf16)}
+    if fast.perturbation is not None:  # the same model with no stratum above 0 in perturbation form
+        unformed = from_oracle(oracle).to(device)
+        unformed.perturbation.max_read_ratio = 0.0
+        trainers["unformed"] = Trainer(unformed, bf16)
     rows = []
     for batch in batches:
         x, y = (t.to(device) for t in genotype_batch(h.num_genes, batch, seed=batch, per_sample=per_sample))
@@ -211,7 +219,7 @@ def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log,
             tr.step(x, y)  # warm-up: optimizer state, allocator
         for run in floors.values():
             run()
-        times = {"oracle": [], "fast": [], "floor": [], "pert_floor": []}
+        times = {name: [] for name in [*trainers, *floors]}
         for _ in range(repeats):
             for name, tr in trainers.items():
                 times[name].append(tr.step(x, y))
@@ -224,11 +232,14 @@ def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log,
                "fast_median_s": float(np.median(times["fast"])),
                "speedup": best["oracle"] / best["fast"], "floor_ratio": best["fast"] / best["floor"],
                "pert_floor_ratio": best["fast"] / best["pert_floor"],
+               "unformed_s": best.get("unformed"), "form_gain": best["unformed"] / best["fast"] if "unformed" in best
+               else None,
                "samples_per_s": batch / best["fast"], "oracle_samples_per_s": batch / best["oracle"],
                "peak_mb": trainers["fast"].peak_mb(x, y), "oracle_peak_mb": trainers["oracle"].peak_mb(x, y)}
         log(f"[{basis}] batch {batch}: oracle {row['oracle_s']:.3f} s, fast {row['fast_s']:.3f} s, floor "
             f"{row['floor_s']:.3f} s, speedup {row['speedup']:.1f}x, floor ratio {row['floor_ratio']:.2f}, "
-            f"b_eff {b_eff}: pert floor {row['pert_floor_s']:.3f} s, pert ratio {row['pert_floor_ratio']:.2f}")
+            f"b_eff {b_eff}: pert floor {row['pert_floor_s']:.3f} s, pert ratio {row['pert_floor_ratio']:.2f}"
+            + (f"; unformed {row['unformed_s']:.3f} s, form gain {row['form_gain']:.2f}" if row["form_gain"] else ""))
         rows.append(row)
         del floors
         gc.collect()
@@ -305,14 +316,15 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{result['gpu']}, " if result["gpu"] else f"{args.threads} threads, "
         print(f"\n{name}, {where}{result['cpu']} (torch CPU capability {result['torch_cpu_capability']}; "
               f"{' '.join(result['cpu_flags'])}){', bf16 autocast' if args.bf16 else ''}, best of {args.repeats}")
-        print("| basis | batch | params | oracle s | fast s | floor s | pert floor s | speedup | floor ratio "
-              "| pert ratio | samples/s | peak MB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| basis | batch | params | oracle s | unformed s | fast s | floor s | pert floor s | speedup "
+              "| form gain | floor ratio | pert ratio | samples/s | peak MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
+            unformed = (f"{r['unformed_s']:.3f} |", f"{r['form_gain']:.2f} |") if r["form_gain"] else ("- |", "- |")
             print(f"| {r['width_basis']} | {r['batch']} | {r['parameters'] / 1e6:.1f} M | {r['oracle_s']:.3f} | "
-                  f"{r['fast_s']:.3f} | {r['floor_s']:.3f} | {r['pert_floor_s']:.3f} | {r['speedup']:.1f} | "
-                  f"{r['floor_ratio']:.2f} | {r['pert_floor_ratio']:.2f} | {r['samples_per_s']:.0f} | "
-                  f"{r['peak_mb']:.0f} |")
+                  f"{unformed[0]} {r['fast_s']:.3f} | {r['floor_s']:.3f} | {r['pert_floor_s']:.3f} | "
+                  f"{r['speedup']:.1f} | {unformed[1]} {r['floor_ratio']:.2f} | {r['pert_floor_ratio']:.2f} | "
+                  f"{r['samples_per_s']:.0f} | {r['peak_mb']:.0f} |")
 
 
 if __name__ == "__main__":

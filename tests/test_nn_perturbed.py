@@ -43,14 +43,15 @@ def sparse_genotypes(num_genes: int, batch: int, per_sample: int, seed: int) -> 
 
 @pytest.mark.parametrize("case", sorted(COMPACT_CASES))
 @pytest.mark.parametrize("values", ["binary", "weighted"])
-def test_every_stratum_in_perturbation_form_equals_oracle(case, values, formed, monkeypatch):
+@pytest.mark.parametrize("states", [True, False])
+def test_every_stratum_in_perturbation_form_equals_oracle(case, values, states, formed, monkeypatch):
     monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
     h = hand_hierarchy()
     x = sparse_genotypes(h.num_genes, 7, 2, seed=3)
     x[0] = 0.0  # a wild-type sample: no term is perturbed in it
     if values == "weighted":
         x = x * torch.linspace(0.25, 2.0, h.num_genes, dtype=torch.float64)
-    assert_equivalent(h, COMPACT_CASES[case], batch=7, x=x, genotype_grad=False)
+    assert_equivalent(h, COMPACT_CASES[case], batch=7, x=x, genotype_grad=False, states=states)
     # every forward (the oracle's comparison, train and eval) laid out strata 1..3 in the form
     assert formed and all(f == [1, 2, 3] for f in formed)
 
@@ -65,7 +66,7 @@ def test_duplicate_genes_and_an_unperturbed_bucket(formed, monkeypatch):
     for b, genes in enumerate([["g1", "g2"], ["g4"], ["k3"], ["g1", "g2", "g3"], ["k2", "k3"]]):
         x[b, [gi[g] for g in genes]] = 1.0
     assert_equivalent(h, dict(width_basis="direct", min_width=3, width_ratio=2.0), batch=5, x=x,
-                      genotype_grad=False)
+                      genotype_grad=False, states=False)
     assert formed and all(f == [1, 2, 3] for f in formed)
 
 
@@ -79,7 +80,7 @@ def test_the_rule_forms_a_prefix_of_the_strata(formed, monkeypatch, ratio):
     monkeypatch.setattr(PerturbationLayout, "max_read_ratio", ratio)
     h = load_named("yeast_dna_repair")
     x = sparse_genotypes(h.num_genes, 256, 1 if ratio < 0.5 else 3, seed=0)
-    assert_equivalent(h, dict(width_basis="direct"), batch=256, x=x, genotype_grad=False)
+    assert_equivalent(h, dict(width_basis="direct"), batch=256, x=x, genotype_grad=False, states=False)
     assert formed, "no stratum took the form"
     assert all(f == list(range(1, len(f) + 1)) for f in formed)  # a prefix from stratum 1
     assert max(len(f) for f in formed) < h.num_strata - 1  # the top strata stay dense

@@ -54,3 +54,24 @@ class ExpandScatter(torch.autograd.Function):
         grad_e = grad.contiguous().view(-1)[flat]
         grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
         return grad_v0, grad_e, None, None, None
+
+
+class ExpandIntoBuffer(torch.autograd.Function):
+    """As ExpandScatter, but written straight into `out` (the stratum's rows of the activation buffer, no fresh
+    [R, B] tensor); returns a stand-in of that shape that carries the rows' gradient: the reads of the strata above
+    hand the gradient of those buffer rows back for it (see reads.py)."""
+
+    @staticmethod
+    def forward(ctx, v0, e, rows, flat, out):
+        out.copy_(v0.detach().unsqueeze(1).expand_as(out))
+        out.view(-1).index_copy_(0, flat, e.detach().to(out.dtype))
+        ctx.save_for_backward(rows, flat)
+        return v0.new_zeros(1).expand(out.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows, flat = ctx.saved_tensors
+        grad_e = grad.reshape(-1)[flat]
+        grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
+        return grad_v0, grad_e, None, None, None

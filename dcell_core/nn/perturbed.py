@@ -66,7 +66,8 @@ class PerturbationLayout(nn.Module):
             self.bucket_shapes.append([(len(b.terms), b.width, b.child_fan) for b in plans])
             rq = np.concatenate([np.full(b.n * b.w, q) for q, b in enumerate(st.rows)])
             rl = np.concatenate([np.arange(b.n * b.w) for b in st.rows])
-            for name, v in (("row_bucket", rq), ("row_local", rl), ("row_u", row_u)):
+            row_term = row_u - ustart[-2]  # the term slot (bucket-slot order inside the stratum) of every row
+            for name, v in (("row_bucket", rq), ("row_local", rl), ("row_u", row_u), ("row_term", row_term)):
                 self.register_buffer(f"{name}_{s}", torch.from_numpy(v.astype(np.int64)), persistent=False)
             for q, b in enumerate(plans):
                 if b.child_fan:

@@ -128,7 +128,7 @@ class ReadStratum(torch.autograd.Function):
         # copies for the gene region, whose gradient may end up stored (a leaf's .grad)
         # (a wild-type span, perturbed.py: the first shape[0] values of its rows)
         out = tuple((grad_buf[a:b].view(-1)[:shape[0]] if len(shape) == 1 else grad_buf[a:b].view(shape)
-                     if ctx.below is not None else grad_buf[a:b].reshape(shape).clone())
+                     if ctx.stratum > 0 else grad_buf[a:b].reshape(shape).clone())
                     if need and grad_buf is not None else None
                     for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
         if ctx.stratum == state.last_reader:

@@ -9,7 +9,7 @@ from torch import nn
 
 from dcell_core.nn.buckets import TermBucket
 from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, TermSizes
-from dcell_core.nn.compact import Compact, ExpandScatter
+from dcell_core.nn.compact import Compact
 from dcell_core.nn.plan import BucketPlan
 from dcell_core.nn.stratum_ops import BucketRows, StratumLinear
 
@@ -101,12 +101,12 @@ class Stratum(nn.Module):
         return tuple(p for b in self.buckets for p in (b.head_weight, b.head_bias))
 
     def compact_output(self, c: Compact, B: int, act, norm_order: str, norm_type: str, training: bool,
-                       ) -> torch.Tensor:
-        """The output [R_s, B] of a stratum without children (one layer, batch norm or none) from its compact
-        form. Without children, a term's pre-activation in sample b is its bias unless one of its genes is
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output of a stratum without children (one layer, batch norm or none) in compact form: the
+        wild-type output [R_s] and the outputs at the entries of `c`. Without children, a term's pre-activation in sample b is its bias unless one of its genes is
         disrupted in b; so every neuron has one wild-type value v0 [R_s] shared by most samples and a few other
         values e at the entries `c.rows`, `c.flat`. Activation and norm (batch statistics as sums weighted by
-        how many samples hold v0) run on that form, and only the output is made dense."""
+        how many samples hold v0) run on that form; the caller makes the output dense."""
         bias = flat_cat([b.biases[0] for b in self.buckets])  # [R_s]
         add = self.gene_weight.index_select(0, c.w_idx)
         if c.values is not None:
@@ -116,8 +116,9 @@ class Stratum(nn.Module):
 
     def pair_output(self, parts: tuple[torch.Tensor, ...], p, B: int, act, norm_order: str, norm_type: str,
                     training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The output [R_s, B] and the wild-type output [R_s] of a stratum in perturbation form (perturbed.py;
-        `p` its `StratumPairs`, `parts` the reads of its buckets with children, in bucket order)."""
+        """The wild-type output [R_s] and the outputs at the entries of `p.compact` of a stratum in perturbation
+        form (perturbed.py; `p` its `StratumPairs`, `parts` the reads of its buckets with children, in bucket
+        order)."""
         it = iter(parts)
         tensors: list[torch.Tensor | None] = []
         for bucket, read in zip(self.buckets, p.reads):
@@ -130,13 +131,25 @@ class Stratum(nn.Module):
     def compact_finish(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, act, norm_order: str,
                        norm_type: str, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Norm and activation of the wild-type pre-activations v0 [R_s] and the other entries e (`c.rows`,
-        `c.flat`); returns the dense output [R_s, B] and the wild-type output [R_s]."""
+        `c.flat`): the wild-type output [R_s] and the entries' outputs."""
         if norm_order == "act_norm":
             v0, e = self._compact_norm(act(v0), act(e), c, B, norm_type, training)
         else:
             v0, e = self._compact_norm(v0, e, c, B, norm_type, training)
             v0, e = act(v0), act(e)
-        return ExpandScatter.apply(v0, e, c.rows, c.flat, B), v0
+        return v0, e
+
+    def compact_heads(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, term: torch.Tensor, B: int
+                      ) -> torch.Tensor:
+        """The heads [T_s, B] (bucket-slot order) of a stratum in compact form: one wild-type head per term plus,
+        where the term is perturbed, the change its entries make. `term` [R_s]: the term slot of every row."""
+        weight = flat_cat([b.head_weight for b in self.buckets])  # [R_s]
+        bias = flat_cat([b.head_bias for b in self.buckets])  # [T_s]
+        wild = bias.index_add(0, term, weight * v0)
+        entry_term = term.index_select(0, c.rows)
+        change = weight.index_select(0, c.rows) * (e - v0.index_select(0, c.rows))
+        spikes = change.new_zeros(len(bias) * B).index_add(0, entry_term * B + c.flat % B, change)
+        return wild.unsqueeze(1) + spikes.view(len(bias), B)
 
     def _compact_norm(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, norm_type: str, training: bool,
                       ) -> tuple[torch.Tensor, torch.Tensor]:

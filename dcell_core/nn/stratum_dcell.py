@@ -30,7 +30,7 @@ from torch import nn
 
 from dcell_core.nn.buckets import TermBucket
 from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
-from dcell_core.nn.compact import Compact, compact_entries
+from dcell_core.nn.compact import Compact, ExpandIntoBuffer, ExpandScatter, compact_entries
 from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.perturbed import PerturbationLayout
 from dcell_core.nn.plan import build_plan
@@ -229,7 +229,8 @@ class StratumDCell(nn.Module):
                 # the wild-type outputs of the stratum below are read here (column 0 of every read) and nowhere
                 # above: this read hands their gradient back with that of its dense output
                 a = int(wild[s - 1]) // B
-                sources, spans = [*sources, v0], [*spans, (a, a - (-below.num_rows // B), (below.num_rows,))]
+                rows_below = self.strata[s - 1].num_rows
+                sources, spans = [*sources, v0], [*spans, (a, a - (-rows_below // B), (rows_below,))]
             if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
                 readers.append(s)
             tensors = (*sources, *(below.head_params() if below is not None else ()))
@@ -243,27 +244,38 @@ class StratumDCell(nn.Module):
                 parts = parts[:-1]
             if stratum is None:
                 break
-            v0 = None
-            if isinstance(entries[s], Compact):
-                h, v0 = stratum.compact_output(entries[s], B, self.act, self.cfg.norm_order, norm_type, training)
-            elif layout is not None:
-                h, v0 = stratum.pair_output(parts, layout, B, self.act, self.cfg.norm_order, norm_type, training)
-            else:
-                h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
-            for k in range(self.cfg.subsystem_layers if v0 is None else 0):
-                if k:
-                    h = stratum.next_layer(h, k)
-                if self.cfg.norm_order == "act_norm":
-                    h = stratum.norm(self.act(h), k, norm_type, training)
-                else:
-                    h = self.act(stratum.norm(h, k, norm_type, training))
-            a = stratum.row_start
-            with torch.no_grad():
-                buf[a:a + stratum.num_rows].copy_(h)
-                if v0 is not None and counts is not None:
+            a, R = stratum.row_start, stratum.num_rows
+            if isinstance(entries[s], Compact) or layout is not None:  # compact form: (wild type, entries)
+                c = entries[s] if layout is None else layout.compact
+                v0, e = (stratum.compact_output(c, B, self.act, self.cfg.norm_order, norm_type, training)
+                         if layout is None else
+                         stratum.pair_output(parts, layout, B, self.act, self.cfg.norm_order, norm_type, training))
+                heads.append(stratum.compact_heads(v0, e, c, getattr(self.perturbation, f"row_term_{s}"), B))
+                if return_states:
+                    h = ExpandScatter.apply(v0, e, c.rows, c.flat, B)
+                    with torch.no_grad():
+                        buf[a:a + R].copy_(h)
+                else:  # dense only in the buffer; `h` stands in for its rows' gradient
+                    h = ExpandIntoBuffer.apply(v0, e, c.rows, c.flat, buf[a:a + R])
+                if counts is not None:
                     formed += 1
-                    buf.view(-1)[int(wild[s]): int(wild[s]) + stratum.num_rows].copy_(v0)
-            sources, spans, below = [h], [(a, a + stratum.num_rows, h.shape)], stratum
+                    with torch.no_grad():
+                        buf.view(-1)[int(wild[s]): int(wild[s]) + R].copy_(v0)
+                below = None  # its heads are done
+            else:
+                v0 = None
+                h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
+                for k in range(self.cfg.subsystem_layers):
+                    if k:
+                        h = stratum.next_layer(h, k)
+                    if self.cfg.norm_order == "act_norm":
+                        h = stratum.norm(self.act(h), k, norm_type, training)
+                    else:
+                        h = self.act(stratum.norm(h, k, norm_type, training))
+                with torch.no_grad():
+                    buf[a:a + R].copy_(h)
+                below = stratum
+            sources, spans = [h], [(a, a + R, h.shape)]
             outs.append(h)
         state.last_reader = min(readers, default=-1)
         if self.training and self.cfg.norm_type == "batch":
