@@ -41,7 +41,7 @@ class StratumPairs(NamedTuple):
 class PerturbationLayout(nn.Module):
     """Static tables (built once per model) and the per-batch layout of strata in perturbation form."""
 
-    max_read_ratio = 0.15  # a stratum takes the form when its padded perturbed reads are <= this x the dense reads
+    max_read_ratio = 0.25  # a stratum takes the form when its padded perturbed reads are <= this x the dense reads
 
     def __init__(self, sizes: TermSizes, plan: Plan, strata: list):
         super().__init__()
