@@ -1,7 +1,7 @@
 """Strata above 0 in perturbation form (dcell_core/nn/perturbed.py) equal the per-term oracle in float64.
 
-A stratum takes the form batch by batch (its perturbed reads at most `max_read_ratio` of the dense reads, every
-stratum below in the form too). These tests force the form on every eligible stratum (ratio infinite), on some
+A stratum takes the form batch by batch (its perturbed reads at most `max_read_ratio` of the dense reads, saving
+at least `min_saved_reads`, every stratum below in the form too). These tests force the form on every eligible stratum (ratio infinite), on some
 (the default rule on triple mutants of a real sub-hierarchy) or on none, and compare outputs, loss, every
 gradient, the batch-norm running statistics and eval outputs with the oracle (`assert_equivalent`).
 """
@@ -33,6 +33,12 @@ def formed(monkeypatch):
     return calls
 
 
+def allow(monkeypatch, ratio: float) -> None:
+    """Let strata take the form up to this read ratio, however few reads they save (these hierarchies are small)."""
+    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", ratio)
+    monkeypatch.setattr(PerturbationLayout, "min_saved_reads", float("-inf"))
+
+
 def sparse_genotypes(num_genes: int, batch: int, per_sample: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(batch, num_genes, dtype=torch.float64)
@@ -45,7 +51,7 @@ def sparse_genotypes(num_genes: int, batch: int, per_sample: int, seed: int) -> 
 @pytest.mark.parametrize("values", ["binary", "weighted"])
 @pytest.mark.parametrize("states", [True, False])
 def test_every_stratum_in_perturbation_form_equals_oracle(case, values, states, formed, monkeypatch):
-    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    allow(monkeypatch, float("inf"))
     h = hand_hierarchy()
     x = sparse_genotypes(h.num_genes, 7, 2, seed=3)
     x[0] = 0.0  # a wild-type sample: no term is perturbed in it
@@ -59,7 +65,7 @@ def test_every_stratum_in_perturbation_form_equals_oracle(case, values, states, 
 def test_duplicate_genes_and_an_unperturbed_bucket(formed, monkeypatch):
     """Two disrupted genes of one term in one sample, and samples where only one branch is hit, so some terms
     (and whole buckets) of a formed stratum have no perturbed sample at all."""
-    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    allow(monkeypatch, float("inf"))
     h = hand_hierarchy()
     x = torch.zeros(5, h.num_genes, dtype=torch.float64)
     gi = h.gene_index
@@ -77,7 +83,7 @@ def test_the_rule_forms_a_prefix_of_the_strata(formed, monkeypatch, ratio):
     from stratum 1), the top ones stay dense, and the mix equals the oracle."""
     from dcell_core.ontology import load_named
 
-    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", ratio)
+    allow(monkeypatch, ratio)
     h = load_named("yeast_dna_repair")
     x = sparse_genotypes(h.num_genes, 256, 1 if ratio < 0.5 else 3, seed=0)
     assert_equivalent(h, dict(width_basis="direct"), batch=256, x=x, genotype_grad=False, states=False)
@@ -86,11 +92,24 @@ def test_the_rule_forms_a_prefix_of_the_strata(formed, monkeypatch, ratio):
     assert max(len(f) for f in formed) < h.num_strata - 1  # the top strata stay dense
 
 
-def test_no_form_when_most_samples_perturb_most_terms(formed):
+def test_no_form_when_most_samples_perturb_most_terms(formed, monkeypatch):
+    allow(monkeypatch, 0.5)
     h = hand_hierarchy()
     x = (torch.rand(6, h.num_genes, generator=torch.Generator().manual_seed(1)) < 0.3).double()
     assert_equivalent(h, {}, batch=6, x=x, genotype_grad=False)
     assert formed == []
+
+
+def test_no_form_when_a_stratum_saves_too_few_reads(formed, monkeypatch):
+    """However sparse the batch, a stratum saving fewer than `min_saved_reads` read elements stays dense."""
+    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    h = hand_hierarchy()
+    model = build_dcell(h, ModelConfig()).double()
+    model(sparse_genotypes(h.num_genes, 7, 1, seed=0))
+    assert formed == []
+    monkeypatch.setattr(PerturbationLayout, "min_saved_reads", float("-inf"))
+    model(sparse_genotypes(h.num_genes, 7, 1, seed=0))
+    assert formed == [[1, 2, 3]]
 
 
 @pytest.mark.parametrize("kw", [dict(norm_type="layer"), dict(subsystem_layers=2), dict(learnable_embedding_dim=4),
@@ -102,7 +121,7 @@ def test_settings_outside_the_form_take_the_general_path(kw):
 
 
 def test_genotypes_needing_a_gradient_take_the_general_path(formed, monkeypatch):
-    monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    allow(monkeypatch, float("inf"))
     h = hand_hierarchy()
     model = build_dcell(h, ModelConfig()).double()
     x = sparse_genotypes(h.num_genes, 4, 2, seed=0).requires_grad_(True)

@@ -12,8 +12,9 @@ dense [R_s, B] tensor the strata above read.
 
 Exact for any genotype values. Applies on the sparse gene path with one layer and batch norm or none (the paper's
 setting), to a stratum whose strata below are all in this form (stratum 0 always is there, see
-`Stratum.compact_output`) and whose perturbed reads are at most `PerturbationLayout.max_read_ratio` of the dense
-reads; the top strata, where nearly every sample perturbs nearly every term, stay dense.
+`Stratum.compact_output`), whose perturbed reads are at most `PerturbationLayout.max_read_ratio` of the dense
+reads and save at least `min_saved_reads` elements (laying a stratum out has a fixed cost: small batches stay
+dense); the top strata, where nearly every sample perturbs nearly every term, stay dense.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class StratumPairs(NamedTuple):
 class PerturbationLayout(nn.Module):
     """Static tables (built once per model) and the per-batch layout of strata in perturbation form."""
 
-    max_read_ratio = 0.25  # a stratum takes the form when its padded perturbed reads are <= this x the dense reads
+    max_read_ratio = 0.12  # a stratum takes the form when its padded perturbed reads are <= this x the dense reads
+    min_saved_reads = 2 ** 21  # ... and save at least this many read elements (a formed stratum's fixed cost)
 
     def __init__(self, sizes: TermSizes, plan: Plan, strata: list):
         super().__init__()
@@ -119,7 +121,8 @@ class PerturbationLayout(nn.Module):
         shapes = self.bucket_shapes[s]
         ms = m[self.bstart[s]:self.bstart[s + 1]]
         dense = sum(n * c * B for n, _, c in shapes)
-        return sum(n * c * (1 + mq) for (n, _, c), mq in zip(shapes, ms)) <= self.max_read_ratio * dense
+        reads = sum(n * c * (1 + mq) for (n, _, c), mq in zip(shapes, ms))
+        return reads <= self.max_read_ratio * dense and dense - reads >= self.min_saved_reads
 
     def stratum(self, s: int, pairs, m: list[int], B: int, genes: tuple | None, wild: torch.Tensor
                 ) -> StratumPairs:
