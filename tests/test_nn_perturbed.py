@@ -128,3 +128,22 @@ def test_genotypes_needing_a_gradient_take_the_general_path(formed, monkeypatch)
     total, _ = dcell_loss(model(x), torch.zeros(4, dtype=torch.float64), LossConfig())
     total.backward()
     assert formed == [] and x.grad is not None
+
+
+def test_bf16_autocast_in_perturbation_form(formed, monkeypatch):
+    """Under bfloat16 autocast the formed strata compute their matmuls in bfloat16 and hand float32 gradients back;
+    the prediction stays within bfloat16 rounding of the float32 one."""
+    allow(monkeypatch, float("inf"))
+    h = hand_hierarchy()
+    torch.manual_seed(0)
+    model = build_dcell(h, ModelConfig())
+    x = sparse_genotypes(h.num_genes, 8, 2, seed=0).float()
+    reference = model(x).prediction.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        total, _ = dcell_loss(out, torch.zeros(8), LossConfig())
+    total.backward()
+    assert formed[-1] == [1, 2, 3]
+    assert out.prediction.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert float((out.prediction.detach() - reference).abs().max()) < 0.05 * max(1.0, float(reference.abs().max()))
