@@ -11,6 +11,11 @@ into the buffer for the strata above, and the next stratum's read also computes 
 loop runs over terms or samples; the op count grows with strata and buckets. The activation buffer and the
 gradient buffer are reused from step to step (`Workspace`, reads.py).
 
+On the sparse path with one layer and batch norm or none, stratum 0 is computed from its non-wild-type entries
+(`Stratum.compact_output`) and, batch by batch, the lowest strata above it at their terms' perturbed samples only
+(perturbation form, perturbed.py): both are written straight into the buffer, with their heads from the compact
+form and their wild-type outputs in spare buffer rows after the plan's (`buffer_rows`).
+
 Gene columns of the first layer live unpadded in one flat parameter per stratum (`strata.{s}.gene_weight`: for
 each term, in bucket-slot order, its [L_t, G_t] block row-major); the dense path (embeddings, attention, or
 `sparse_gene_inputs=False`) scatters them into padded [n, w_max, g_max] blocks each step.
