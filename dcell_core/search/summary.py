@@ -23,7 +23,8 @@ def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: s
     """One row per trial in the ledger's ranking (the winner first): outcome, epochs of budget, score, parameters.
 
     When a trial has replicates (a search with `replicates: k`), its score is the mean over them, and the table
-    also has `replicates`, each replicate's score (`<metric> per replicate`, replicate 0 first, ';'-separated) and
+    also has `replicates`, each replicate's score (`<metric> per replicate`, replicate 0 first, ';'-separated, at
+    full precision: the interval of two replicates magnifies a rounding of them some 13-fold) and
     the interval of the mean (interval_columns); a search without replicates has none of these columns."""
     replicated = any(r.replicates > 1 for r in records)
     extra = ["replicates", f"{metric} per replicate", *interval_columns(metric)] if replicated else []
@@ -38,7 +39,7 @@ def trials_table(records: list[ledger.TrialRecord], params: list[str], metric: s
             "outcome": r.outcome,
             "epochs": f"{r.epochs}/{r.budget if r.budget is not None else '?'}",
             score_column(metric): r.score,
-            **(dict(zip(extra, (r.replicates, ";".join(f"{v:.6g}" for v in r.replicate_scores), r.ci_low,
+            **(dict(zip(extra, (r.replicates, ";".join(str(float(v)) for v in r.replicate_scores), r.ci_low,
                                 r.ci_high))) if replicated else {}),
             "competes": r.eligible,
             **{p: r.run.data.params.get(p) for p in params},
