@@ -168,11 +168,7 @@ def floor_step(num_weights: int, batch: int, device: torch.device = torch.device
 
 def perturbed_counts(sizes: TermSizes, x: torch.Tensor) -> np.ndarray:
     """n_t [T]: the samples of x [B, G] in which any gene of term t's subtree is nonzero."""
-    subtree = np.zeros((sizes.num_terms, sizes.num_genes), dtype=bool)  # [T, G]
-    for t, (kids, genes) in enumerate(zip(sizes.children, sizes.direct_genes)):  # children precede parents
-        subtree[t, list(genes)] = True
-        if kids:
-            subtree[t] |= subtree[list(kids)].any(axis=0)
+    subtree = sizes.subtree_matrix()  # [T, G]
     hit = x.detach().cpu().numpy() != 0  # [B, G]
     cols = np.flatnonzero(hit.any(axis=0))  # only the genes disrupted somewhere in the batch
     return ((subtree[:, cols].astype(np.int32) @ hit[:, cols].T.astype(np.int32)) > 0).sum(axis=1)

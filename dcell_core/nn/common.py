@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +37,15 @@ class TermSizes:
         """Inputs of term t's first linear layer: child outputs first (child order), then gene features."""
         return sum(self.widths[c] for c in self.children[t]) + len(self.direct_genes[t]) * self.token_dim
 
+    def subtree_matrix(self) -> np.ndarray:
+        """bool [T, G]: gene g is annotated to term t or to a descendant (children precede parents)."""
+        out = np.zeros((self.num_terms, self.num_genes), dtype=bool)
+        for t, (kids, genes) in enumerate(zip(self.children, self.direct_genes)):
+            out[t, list(genes)] = True
+            if kids:
+                out[t] |= out[list(kids)].any(axis=0)
+        return out
+
     def term_offsets(self) -> list[int]:
         out = [0]
         for w in self.widths:
@@ -62,6 +72,13 @@ def term_sizes(hierarchy: Hierarchy, cfg: ModelConfig) -> TermSizes:
                      num_genes=hierarchy.num_genes,
                      widths=tuple(hierarchy.widths(cfg.width_basis, cfg.width_ratio, cfg.min_width)),
                      token_dim=cfg.token_dim)
+
+
+def ragged_steps(count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ragged runs of count[i] elements each, concatenated: every element's run i and its step inside the run
+    (0 .. count[i] - 1), both int64 [sum(count)]."""
+    src = torch.repeat_interleave(torch.arange(len(count), device=count.device), count)
+    return src, torch.arange(len(src), device=count.device) - (torch.cumsum(count, 0) - count)[src]
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

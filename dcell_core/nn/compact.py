@@ -50,10 +50,7 @@ class ExpandScatter(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        rows, flat = ctx.saved_tensors
-        grad_e = grad.contiguous().view(-1)[flat]
-        grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
-        return grad_v0, grad_e, None, None, None
+        return (*expand_backward(ctx, grad), None, None, None)
 
 
 class ExpandIntoBuffer(torch.autograd.Function):
@@ -71,7 +68,11 @@ class ExpandIntoBuffer(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        rows, flat = ctx.saved_tensors
-        grad_e = grad.reshape(-1)[flat]
-        grad_v0 = grad.sum(1).index_add_(0, rows, grad_e, alpha=-1)
-        return grad_v0, grad_e, None, None, None
+        return (*expand_backward(ctx, grad), None, None, None)
+
+
+def expand_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of (v0, e) of a dense [R, B] made from v0 with e at (rows, flat), the saved tensors."""
+    rows, flat = ctx.saved_tensors
+    grad_e = grad.reshape(-1)[flat]
+    return grad.sum(1).index_add_(0, rows, grad_e, alpha=-1), grad_e

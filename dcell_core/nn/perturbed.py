@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcell_core.nn.common import TermSizes
+from dcell_core.nn.common import TermSizes, ragged_steps
 from dcell_core.nn.compact import Compact
 from dcell_core.nn.plan import Plan
 
@@ -47,7 +47,7 @@ class PerturbationLayout(nn.Module):
 
     def __init__(self, sizes: TermSizes, plan: Plan, strata: list):
         super().__init__()
-        T, G = sizes.num_terms, sizes.num_genes
+        G = sizes.num_genes
         # per position u (bucket-slot order over all strata): its stratum-local bucket, slot, width L, first row
         bucket, slot, width, row0, ustart, bstart = [], [], [], [], [0], [0]
         row_starts = np.array([st.row_start for st in strata])
@@ -69,7 +69,7 @@ class PerturbationLayout(nn.Module):
             rq = np.concatenate([np.full(b.n * b.w, q) for q, b in enumerate(st.rows)])
             rl = np.concatenate([np.arange(b.n * b.w) for b in st.rows])
             row_term = row_u - ustart[-2]  # the term slot (bucket-slot order inside the stratum) of every row
-            for name, v in (("row_bucket", rq), ("row_local", rl), ("row_u", row_u), ("row_term", row_term)):
+            for name, v in (("row_bucket", rq), ("row_local", rl), ("row_term", row_term)):
                 self.register_buffer(f"{name}_{s}", torch.from_numpy(v.astype(np.int64)), persistent=False)
             for q, b in enumerate(plans):
                 if b.child_fan:
@@ -89,12 +89,7 @@ class PerturbationLayout(nn.Module):
                                                         for q in bucket[ustart[s]:ustart[s + 1]]], dtype=torch.long),
                              persistent=False)
         # gene -> the positions u of the terms above stratum 0 whose subtree holds it (CSR)
-        sub = np.zeros((T, G), dtype=bool)  # subtree genes, children before parents
-        for t in range(T):
-            sub[t, list(sizes.direct_genes[t])] = True
-            for c in sizes.children[t]:
-                sub[t] |= sub[c]
-        t_idx, g_idx = np.nonzero(sub)
+        t_idx, g_idx = np.nonzero(sizes.subtree_matrix())
         us = plan.head_order[t_idx]
         keep = us >= ustart[1]
         order = np.lexsort((us[keep], g_idx[keep]))
@@ -107,9 +102,7 @@ class PerturbationLayout(nn.Module):
         """The perturbed (position u, sample b) pairs of all terms above stratum 0, sorted by u then b, and the
         most perturbed samples per bucket (a list over all buckets, stratum by stratum)."""
         start = self.anc_ptr[g_nz]
-        count = self.anc_ptr[g_nz + 1] - start
-        src = torch.repeat_interleave(torch.arange(len(g_nz), device=g_nz.device), count)
-        step = torch.arange(len(src), device=g_nz.device) - (torch.cumsum(count, 0) - count)[src]
+        src, step = ragged_steps(self.anc_ptr[g_nz + 1] - start)
         keys = torch.unique(self.anc_u[start[src] + step] * B + b_nz[src])
         u, b = keys // B, keys % B
         cnt = torch.bincount(u, minlength=len(self.u_bucket))
@@ -177,8 +170,8 @@ class PerturbationLayout(nn.Module):
             rank = torch.full((u1 - u0, B), -1, dtype=torch.long, device=dev)
             rank[up - u0, bp] = k
             g_rows = o_idx // B
-            g_u = getattr(self, f"row_u_{s}").index_select(0, g_rows)
-            k_g = rank.view(-1).index_select(0, (g_u - u0) * B + o_idx % B)
+            g_term = getattr(self, f"row_term_{s}").index_select(0, g_rows)
+            k_g = rank.view(-1).index_select(0, g_term * B + o_idx % B)
             gene_part = (w_idx, z_wild.index_select(0, g_rows) + 1 + k_g, value)
         return StratumPairs(cols, tuple(reads), Compact(rows, flat, None, None, None, size), z_wild, z_entry,
                             gene_part)

@@ -71,8 +71,8 @@ class BackwardState:
 
 class ReadStratum(torch.autograd.Function):
     """Gather every bucket input part of one stratum from the activation buffer: one [n * c_max, B] (children)
-    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers` (an [n, c_max, m] index of flat buffer
-    positions instead of a row index: an [n, c_max, m] tensor, see perturbed.py); then, when `below` (the stratum
+    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers` (for an [n, c_max, m] index of flat
+    buffer positions instead of a row index, an [n, c_max, m] tensor: see perturbed.py); then, when `below` (the stratum
     whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward
     adds their input gradient in place into the shared gradient buffer before handing the rows back: the
     stratum output's gradient arrives whole, with no separate sum of two [R_s, B] gradients."""

@@ -103,10 +103,11 @@ class Stratum(nn.Module):
     def compact_output(self, c: Compact, B: int, act, norm_order: str, norm_type: str, training: bool,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """The output of a stratum without children (one layer, batch norm or none) in compact form: the
-        wild-type output [R_s] and the outputs at the entries of `c`. Without children, a term's pre-activation in sample b is its bias unless one of its genes is
-        disrupted in b; so every neuron has one wild-type value v0 [R_s] shared by most samples and a few other
-        values e at the entries `c.rows`, `c.flat`. Activation and norm (batch statistics as sums weighted by
-        how many samples hold v0) run on that form; the caller makes the output dense."""
+        wild-type output [R_s] and the outputs at the entries of `c`. Without children, a term's pre-activation in
+        sample b is its bias unless one of its genes is disrupted in b; so every neuron has one wild-type value
+        v0 [R_s] shared by most samples and a few other values e at the entries `c.rows`, `c.flat`. Activation
+        and norm (batch statistics as sums weighted by how many samples hold v0) run on that form; the caller
+        makes the output dense."""
         bias = flat_cat([b.biases[0] for b in self.buckets])  # [R_s]
         add = self.gene_weight.index_select(0, c.w_idx)
         if c.values is not None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcell_core.nn.buckets import TermBucket
-from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes
+from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes, ragged_steps
 from dcell_core.nn.compact import Compact, ExpandIntoBuffer, ExpandScatter, compact_entries
 from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.perturbed import PerturbationLayout
@@ -119,9 +119,8 @@ class StratumDCell(nn.Module):
         b_nz, g_nz = nonzero
         value = x[b_nz, g_nz]
         start = self.gene_slot_ptr[g_nz]
-        count = self.gene_slot_ptr[g_nz + 1] - start
-        src = torch.repeat_interleave(torch.arange(len(g_nz), device=dev), count)  # slot -> nonzero entry
-        slot = start[src] + torch.arange(len(src), device=dev) - (torch.cumsum(count, 0) - count)[src]
+        src, step = ragged_steps(self.gene_slot_ptr[g_nz + 1] - start)  # src: slot -> nonzero entry
+        slot = start[src] + step
         table = self.gene_slot_table[slot]  # [m, 4] (stratum, column offset, row, length)
         order = torch.sort(table[:, 0], stable=True).indices  # group by stratum
         table, src = table[order], src[order]

@@ -44,8 +44,8 @@ class StratumLinear(torch.autograd.Function):
     None, dense_inp [n, g, B] or None), flattened, then flat_weight [P] or None."""
 
     @staticmethod
-    def forward(ctx, rows: tuple[BucketRows, ...], batch: int | tuple[int, ...], sparse: tuple[torch.Tensor, ...] | None,
-                *tensors):
+    def forward(ctx, rows: tuple[BucketRows, ...], batch: int | tuple[int, ...],
+                sparse: tuple[torch.Tensor, ...] | None, *tensors):
         dtype = compute_dtype(tensors[0])
         flat_weight = tensors[-1]
         # `batch` an int: every bucket has that many columns and the result is [R_s, B]; a tuple: bucket q has
