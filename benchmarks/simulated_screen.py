@@ -23,15 +23,15 @@ from benchmarks.model import cpu_model
 from dcell_core.cli import compose_or_exit
 
 
-def evaluate(cfg) -> dict:
+def evaluate(cfg, out_dir: str | None = None) -> dict:
     from dcell_core.genotypes import simulate_genotypes
     from dcell_core.train.baselines import fit_baselines
     from dcell_core.train.loop import Training, predict
     from dcell_core.train.metrics import regression_metrics
     from omegaconf import OmegaConf
 
-    with tempfile.TemporaryDirectory() as out:
-        run = Training(cfg, out)
+    with tempfile.TemporaryDirectory() as scratch:
+        run = Training(cfg, out_dir or scratch)
         started = time.perf_counter()
         history = [m for m, _ in run.epochs()]
         train_s = time.perf_counter() - started
@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=yeast_go train.epochs=5")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--out", help="keep DCell's run directory here (metrics.jsonl after every epoch, checkpoints); "
+                                  "default: a temporary one")
     args = ap.parse_args(argv)
-    result = evaluate(compose_or_exit(["train.plots=false", *args.overrides]))
+    result = evaluate(compose_or_exit(["train.plots=false", *args.overrides]), args.out)
     if args.json:
         print(json.dumps(result))
         return 0

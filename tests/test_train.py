@@ -110,6 +110,28 @@ def test_beats_additive_baseline(cache_env):
     assert dcell > additive + 0.02, (dcell, additive)
 
 
+def test_head_biases_can_start_at_the_training_target_mean(cache_env):
+    from dcell_core.nn import ModelConfig, build_dcell
+    from dcell_core.train.loop import Training
+
+    run = Training(compose([*SMALL, "model.init_range=0.001", "train.head_bias_init=target_mean"]), cache_env / "a")
+    ds = run.data.dataset
+    mean = float(np.mean(ds.phenotypes.reshape(len(ds), -1)[ds.splits["train"], 0], dtype=np.float64))
+    biases = torch.cat([b.detach().flatten() for b in run.model.head_biases()])
+    assert len(biases) == run.data.hierarchy.num_terms
+    assert mean > 0.1 and torch.allclose(biases, torch.full_like(biases, mean))
+    # with weights of +-0.001 the first predictions sit at the mean instead of near 0
+    assert abs(run.init_diversity) < 0.05
+    x, _ = run.batcher.batch(ds.splits["train"][:64])
+    with torch.no_grad():
+        assert abs(float(run.model(x).prediction.mean()) - mean) < 0.05
+    default = Training(compose([*SMALL, "model.init_range=0.001"]), cache_env / "b")
+    assert max(float(b.detach().abs().max()) for b in default.model.head_biases()) <= 0.001
+    assert len(build_dcell(run.data.hierarchy, ModelConfig(), fast=False).head_biases()) == len(biases)
+    with pytest.raises(ValueError, match="train.head_bias_init must be one of .*'median'"):
+        Training(compose([*SMALL, "train.head_bias_init=median"]), cache_env / "c")
+
+
 def test_train_cli(tmp_path):
     env = {"DCELL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     args = ["-m", "dcell_core.train", *SMALL[:3], "train.epochs=2", "--output-dir", str(tmp_path / "r")]

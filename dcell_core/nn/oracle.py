@@ -62,6 +62,10 @@ class OracleDCell(nn.Module):
             else:
                 nn.init.uniform_(p, -r, r)
 
+    def head_biases(self) -> list[torch.Tensor]:
+        """Every head's bias (the root's and the auxiliary terms')."""
+        return [term.head.bias for term in self.terms]
+
     def decay_weights(self) -> list[torch.Tensor]:
         """The weight matrices the L2 penalty covers (see LossConfig.weight_decay)."""
         out = []

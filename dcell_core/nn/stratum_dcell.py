@@ -158,6 +158,10 @@ class StratumDCell(nn.Module):
     def buckets(self) -> list[TermBucket]:
         return [b for s in self.strata for b in s.buckets]
 
+    def head_biases(self) -> list[torch.Tensor]:
+        """Every head's bias (the root's and the auxiliary terms'), one [n, 1, 1] tensor per bucket."""
+        return [b.head_bias for b in self.buckets()]
+
     def decay_weights(self) -> list[torch.Tensor]:
         """Weight matrices under the L2 penalty (padded entries are zero, so they add nothing)."""
         out = [w for b in self.buckets() for w in (b.child_weight, *b.layer_weights) if w is not None]

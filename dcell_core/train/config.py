@@ -7,6 +7,7 @@ from typing import Optional
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+HEAD_BIAS_INITS = ("model", "target_mean")
 
 
 @dataclass
@@ -26,6 +27,11 @@ class TrainConfig:
     lr_step_epochs: int = 5  # step schedule period
     lr_gamma: float = 0.5  # step schedule factor
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    # Where every head's bias (the root's and the auxiliary terms') starts: "model" (the model's init, uniform
+    # in +-model.init_range) or "target_mean" (the mean training target). Adam moves each of a root's L weights by about lr per step, so
+    # a wide root (whole yeast: 1,795 neurons) needs a small lr, at which a zero bias takes thousands of steps
+    # to reach the data's level; starting there removes that phase. Not applied on resume.
+    head_bias_init: str = "model"
     seed: int = 0  # weights, batch order
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     bf16: bool = False  # bfloat16 autocast for forward/backward (CUDA only)
@@ -45,6 +51,8 @@ class TrainConfig:
             problems.append(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr_schedule not in SCHEDULES:
             problems.append(f"train.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.head_bias_init not in HEAD_BIAS_INITS:
+            problems.append(f"train.head_bias_init must be one of {HEAD_BIAS_INITS}, got {self.head_bias_init!r}")
         if self.device not in DEVICES:
             problems.append(f"train.device must be one of {DEVICES}, got {self.device!r}")
         if not self.lr > 0:

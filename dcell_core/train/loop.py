@@ -109,6 +109,12 @@ def train(cfg: DictConfig, report: Report | None = None, output_dir: str | Path 
     return run.result()
 
 
+def train_target_mean(dataset) -> float:
+    """The mean of the trained phenotype (column 0, what the root predicts) over the train split."""
+    y = dataset.phenotypes.reshape(len(dataset), -1)[dataset.splits["train"], 0]
+    return float(np.mean(y, dtype=np.float64))
+
+
 class Training:
     """One training run, set up on construction and advanced one epoch at a time by `epochs()`.
 
@@ -156,6 +162,10 @@ class Training:
             self.init_diversity = meta["init_diversity"]
             self.start_epoch = meta["epoch"] + 1
         else:
+            if t.head_bias_init == "target_mean":
+                with torch.no_grad():
+                    for bias in model.head_biases():
+                        bias.fill_(train_target_mean(data.dataset))
             first, _ = predict(model, self.batcher, self.train_rows[: t.batch_size], t.batch_size, device,
                                self.autocast)
             self.init_diversity = float(first.std())
