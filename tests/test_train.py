@@ -132,6 +132,41 @@ def test_head_biases_can_start_at_the_training_target_mean(cache_env):
         Training(compose([*SMALL, "train.head_bias_init=median"]), cache_env / "c")
 
 
+def test_precise_batch_norm_is_the_mean_over_every_training_batch(cache_env):
+    """After an epoch with batch_norm_stats=precise, the stratum model's running statistics equal torch's own
+    cumulative average (BatchNorm1d momentum=None) in the per-term oracle over the same training batches; the
+    weights are those of the same run with the default EMA statistics."""
+    from dcell_core.nn.convert import oracle_state_dict, to_oracle
+    from dcell_core.train.loop import Training
+
+    runs = {}
+    for stats in ("ema", "precise"):
+        runs[stats] = Training(compose([*SMALL, "train.epochs=1", f"train.batch_norm_stats={stats}"]),
+                               cache_env / stats)
+        runs[stats].history = [m for m, _ in runs[stats].epochs()]
+    run = runs["precise"]
+    oracle = to_oracle(run.model)
+    for module in oracle.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.momentum = None  # cumulative moving average: every batch weighs the same
+            module.reset_running_stats()
+    oracle.train()
+    with torch.no_grad():
+        batches = [oracle(x) for x, _ in run.batcher.iterate(run.train_rows, 128, seed=0, epoch=1, drop_last=True)]
+    got, ema, want = oracle_state_dict(run.model), oracle_state_dict(runs["ema"].model), oracle.state_dict()
+    stats = [k for k in want if ".running_" in k]
+    assert len(batches) >= 10 and len(stats) == 2 * run.data.hierarchy.num_terms
+    for k in stats:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+    ema_params = dict(runs["ema"].model.named_parameters())
+    for k, p in run.model.named_parameters():
+        assert torch.equal(p, ema_params[k]), k
+    assert max(float((got[k] - ema[k]).abs().max()) for k in stats) > 1e-3
+    assert runs["precise"].history[0]["val/pearson"] != runs["ema"].history[0]["val/pearson"]
+    with pytest.raises(ValueError, match="train.batch_norm_stats must be one of"):
+        Training(compose([*SMALL, "train.batch_norm_stats=median"]), cache_env / "bad")
+
+
 def test_train_cli(tmp_path):
     env = {"DCELL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     args = ["-m", "dcell_core.train", *SMALL[:3], "train.epochs=2", "--output-dir", str(tmp_path / "r")]

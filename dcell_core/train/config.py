@@ -8,6 +8,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 HEAD_BIAS_INITS = ("model", "target_mean")
+BATCH_NORM_STATS = ("ema", "precise")
 
 
 @dataclass
@@ -32,6 +33,13 @@ class TrainConfig:
     # a wide root (whole yeast: 1,795 neurons) needs a small lr, at which a zero bias takes thousands of steps
     # to reach the data's level; starting there removes that phase. Not applied on resume.
     head_bias_init: str = "model"
+    # Batch-norm statistics used in eval mode (validation, test, serving): "ema" (the running average that
+    # BatchNorm1d keeps, momentum 0.1: about the last 10 batches) or "precise" (after every epoch, before
+    # validation, the equal-weight mean of every training batch's statistics: one extra forward pass over the
+    # train split). On whole-genome data a low term is hit in one sample of a few batches, and the last 10
+    # batches' average varies by orders of magnitude from neuron to neuron; "precise" removes that
+    # (docs/genotypes.md). No effect without batch norm.
+    batch_norm_stats: str = "ema"
     seed: int = 0  # weights, batch order
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     bf16: bool = False  # bfloat16 autocast for forward/backward (CUDA only)
@@ -51,6 +59,9 @@ class TrainConfig:
             problems.append(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.lr_schedule not in SCHEDULES:
             problems.append(f"train.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.batch_norm_stats not in BATCH_NORM_STATS:
+            problems.append(f"train.batch_norm_stats must be one of {BATCH_NORM_STATS}, got "
+                            f"{self.batch_norm_stats!r}")
         if self.head_bias_init not in HEAD_BIAS_INITS:
             problems.append(f"train.head_bias_init must be one of {HEAD_BIAS_INITS}, got {self.head_bias_init!r}")
         if self.device not in DEVICES:

@@ -21,6 +21,7 @@ from dcell_core.data import RunData, load_run_data
 from dcell_core.fileio import atomic_write_bytes
 from dcell_core.genotypes import GenotypeBatcher
 from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, prediction_health
+from dcell_core.nn.common import BN_MOMENTUM
 from dcell_core.train.checkpoint import latest_checkpoint, load_checkpoint_files, save_checkpoint
 from dcell_core.train.config import TrainConfig
 from dcell_core.train.metrics import LOSS_METRICS, TRAIN_METRICS, regression_metrics
@@ -95,6 +96,33 @@ def predict(model: torch.nn.Module, batcher: GenotypeBatcher, rows: np.ndarray, 
         preds.append(out.prediction.float().cpu())
         targets.append(y.reshape(len(y), -1)[:, 0])
     return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+@torch.no_grad()
+def precise_batch_norm(model: torch.nn.Module, batcher: GenotypeBatcher, rows: np.ndarray, batch_size: int,
+                       seed: int, epoch: int, device: torch.device, autocast: bool) -> int:
+    """Set every batch-norm running mean and variance to the equal-weight mean, over the training batches of
+    `rows` (full batches of `batch_size`, seeded order), of the batch statistics the model normalizes with in
+    training (the variance unbiased, as BatchNorm1d keeps it). Returns the number of batches.
+
+    Each batch's statistics are read back from the running buffers, zeroed before it: momentum x statistic."""
+    buffers = [b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1].startswith("running_")]
+    if not buffers:
+        return 0
+    sums = [torch.zeros_like(b, dtype=torch.float64) for b in buffers]
+    model.train()
+    n = 0
+    for x, _ in batcher.iterate(rows, batch_size, seed=seed, epoch=epoch, drop_last=len(rows) >= batch_size):
+        for b in buffers:
+            b.zero_()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            model(x.to(device, non_blocking=True))
+        for total, b in zip(sums, buffers):
+            total += b.double() / BN_MOMENTUM
+        n += 1
+    for total, b in zip(sums, buffers):
+        b.copy_(total / n)
+    return n
 
 
 def train(cfg: DictConfig, report: Report | None = None, output_dir: str | Path | None = None) -> TrainResult:
@@ -204,6 +232,9 @@ class Training:
                 targets.append(y.reshape(len(y), -1)[:, 0])
                 seen += len(y)
             seconds = time.perf_counter() - started
+            if t.batch_norm_stats == "precise":  # a no-op without batch norm
+                precise_batch_norm(model, self.batcher, self.train_rows, t.batch_size, t.seed, epoch, device,
+                                   autocast)
             train_fit = regression_metrics(torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy())
             val_pred, val_target = predict(model, self.batcher, self.val_rows, t.eval_batch_size, device, autocast)
             val_fit = regression_metrics(val_pred, val_target)
