@@ -36,9 +36,9 @@ class TrainConfig:
     # Batch-norm statistics used in eval mode (validation, test, serving): "ema" (the running average that
     # BatchNorm1d keeps, momentum 0.1: about the last 10 batches) or "precise" (after every epoch, before
     # validation, the equal-weight mean of every training batch's statistics: one extra forward pass over the
-    # train split). On whole-genome data a low term is hit in one sample of a few batches, and the last 10
-    # batches' average varies by orders of magnitude from neuron to neuron; "precise" removes that
-    # (docs/genotypes.md). No effect without batch norm.
+    # train split). On whole-genome data a low term is hit in one sample of a few batches, so what the last 10
+    # batches hold is mostly luck, and eval mode normalizes with it (docs/genotypes.md: whole yeast). No effect
+    # without batch norm.
     batch_norm_stats: str = "ema"
     seed: int = 0  # weights, batch order
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
