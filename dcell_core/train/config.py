@@ -29,9 +29,9 @@ class TrainConfig:
     lr_gamma: float = 0.5  # step schedule factor
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     # Where every head's bias (the root's and the auxiliary terms') starts: "model" (the model's init, uniform
-    # in +-model.init_range) or "target_mean" (the mean training target). Adam moves each of a root's L weights by about lr per step, so
-    # a wide root (whole yeast: 1,795 neurons) needs a small lr, at which a zero bias takes thousands of steps
-    # to reach the data's level; starting there removes that phase. Not applied on resume.
+    # in +-model.init_range) or "target_mean" (the mean training target). Adam moves each of a root's L weights
+    # by about lr per step, so a wide root (whole yeast: 1,795 neurons) needs a small lr, at which the bias takes
+    # thousands of steps to reach the data's level; starting there removes that phase. Not applied on resume.
     head_bias_init: str = "model"
     # Batch-norm statistics used in eval mode (validation, test, serving): "ema" (the running average that
     # BatchNorm1d keeps, momentum 0.1: about the last 10 batches) or "precise" (after every epoch, before
