@@ -120,6 +120,8 @@ def precise_batch_norm(model: torch.nn.Module, batcher: GenotypeBatcher, rows: n
         for total, b in zip(sums, buffers):
             total += b.double() / BN_MOMENTUM
         n += 1
+    if n == 0:
+        raise ValueError("batch_norm_stats=precise: the train split has no rows to take statistics from")
     for total, b in zip(sums, buffers):
         b.copy_(total / n)
     return n
@@ -191,9 +193,10 @@ class Training:
             self.start_epoch = meta["epoch"] + 1
         else:
             if t.head_bias_init == "target_mean":
+                mean = train_target_mean(data.dataset)
                 with torch.no_grad():
                     for bias in model.head_biases():
-                        bias.fill_(train_target_mean(data.dataset))
+                        bias.fill_(mean)
             first, _ = predict(model, self.batcher, self.train_rows[: t.batch_size], t.batch_size, device,
                                self.autocast)
             self.init_diversity = float(first.std())
