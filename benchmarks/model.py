@@ -40,14 +40,17 @@ and the floor under bfloat16 autocast, as `train.bf16=true` does.
 
 Large CPU tensors are freshly mmap'ed by PyTorch on every op, and on this VM page faults cost more than the
 arithmetic of a copy; THP_MEM_ALLOC_ENABLE=1 (set here unless already set, for every model and the floor alike)
-makes PyTorch request transparent huge pages for them (--no-thp turns it off).
+makes PyTorch request transparent huge pages for them (--no-thp sets it to 0; the platform sets it too, in
+dcell_core/__init__.py).
 """
 from __future__ import annotations
 
 import os
 import sys
 
-if "--no-thp" not in sys.argv:
+if "--no-thp" in sys.argv:  # importing dcell_core would otherwise set it (dcell_core/__init__.py)
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "0"
+else:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse  # noqa: E402
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default="32,256")
     ap.add_argument("--genes-per-sample", type=int, default=3, help="disrupted genes per genotype")
     ap.add_argument("--dense-gene-inputs", action="store_true", help="ModelConfig.sparse_gene_inputs=False")
-    ap.add_argument("--no-thp", action="store_true", help="leave THP_MEM_ALLOC_ENABLE unset")
+    ap.add_argument("--no-thp", action="store_true", help="set THP_MEM_ALLOC_ENABLE=0")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the oracle, the model and the floor")
     args = ap.parse_args(argv)
