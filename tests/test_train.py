@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,14 @@ def test_train_cli(tmp_path):
     assert (tmp_path / "r" / "checkpoints" / "epoch_0002" / "model.safetensors").exists()
     r = run_python(*args[:-2], "train.device=cuda" if not torch.cuda.is_available() else "train.epochs=0", env=env)
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_importing_the_platform_turns_on_huge_pages_for_torch_unless_the_environment_says_otherwise(given, expected):
+    """PyTorch reads THP_MEM_ALLOC_ENABLE at its first allocation, so dcell_core sets it on import (before torch)."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if given is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = given
+    r = run_python("-c", "import os, dcell_core; print(os.environ['THP_MEM_ALLOC_ENABLE'])", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
