@@ -9,8 +9,8 @@ from typing import Any
 # PyTorch maps every large CPU tensor afresh and page-faults it in on each op; on the 2-core VMs this project
 # runs on, that costs more than a whole-yeast step's arithmetic in places. With THP_MEM_ALLOC_ENABLE=1 PyTorch
 # asks for transparent huge pages for them (read once, at its first allocation: so it is set here, before any
-# part of the platform imports torch). Whole yeast, contained basis, batch 256, one training step on AMD EPYC,
-# 2 cores: 2.54 s without, 2.04 s with. An explicit value in the environment wins (0 turns it off).
+# part of the platform imports torch; docs/performance.md, "The training loop's step"). An explicit value in the
+# environment wins (0 turns it off).
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __all__ = ["load_checkpoint"]

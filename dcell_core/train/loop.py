@@ -57,8 +57,8 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The configured optimizer, in torch's fused form (one kernel over all parameters: on whole yeast's 140 M
-    parameters the AdamW step takes 0.12 s on 2 CPU cores against 0.53 s for the default multi-tensor form)."""
+    """The configured optimizer, in torch's fused form (one kernel over all parameters; measured against the
+    default multi-tensor form by benchmarks/optimizer.py, docs/performance.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type in ("cpu", "cuda")
     if t.optimizer == "adamw":
