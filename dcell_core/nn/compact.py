@@ -74,5 +74,5 @@ class ExpandIntoBuffer(torch.autograd.Function):
 def expand_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of (v0, e) of a dense [R, B] made from v0 with e at (rows, flat), the saved tensors."""
     rows, flat = ctx.saved_tensors
-    grad_e = grad.reshape(-1)[flat]
+    grad_e = grad.reshape(-1).index_select(0, flat)
     return grad.sum(1).index_add_(0, rows, grad_e, alpha=-1), grad_e

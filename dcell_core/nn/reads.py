@@ -12,6 +12,7 @@ import weakref
 import torch
 from torch.autograd.function import once_differentiable
 
+from dcell_core.nn.common import flat_add_
 from dcell_core.nn.stratum_ops import heads_backward, heads_forward
 
 
@@ -108,7 +109,7 @@ class ReadStratum(torch.autograd.Function):
             if index.dim() == 1:
                 state.grad_buf.index_add_(0, index, grad)
             else:
-                state.grad_buf.view(-1).index_add_(0, index.view(-1), grad.reshape(-1))
+                flat_add_(state.grad_buf.view(-1), index.view(-1), grad.reshape(-1))
         needs = ctx.needs_input_grad[9:]
         head_grads: list = []
         if ctx.below is not None:

@@ -60,7 +60,7 @@ class StratumDCell(nn.Module):
         sparse_genes = self.binary_genes and cfg.sparse_gene_inputs
         self.plan = plan = build_plan(sizes, cfg.subsystem_layers, cfg.num_attention_heads > 0, cfg.bucket_overhead,
                                       SPARSE_GENE_COST if sparse_genes else 1.0)
-        self.act = activation_fn(cfg.activation)
+        self.act = activation_fn(cfg.activation, fast=True)
         strata = []
         for plans in plan.strata:
             mods = []

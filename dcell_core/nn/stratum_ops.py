@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from dcell_core.nn.common import flat_add_
+
 
 class BucketRows(NamedTuple):
     start: int  # first row of the bucket's block in the stratum tensor
@@ -36,8 +38,8 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 class StratumLinear(torch.autograd.Function):
     """H [R_s, B]: for every bucket q, H_q = bias_q + weight_q @ inp_q (+ dense_w_q @ dense_inp_q), all [n, w, .]
     batched over its terms; plus, with `sparse`, the gene columns applied from the nonzero genotype entries:
-    H.view(-1)[o_idx[e]] += flat_weight[w_idx[e]] * value[e] for every element e (index_add_ in element order,
-    deterministic; value None: all ones). Exact for any input values; its cost grows with the entries, not with
+    H.view(-1)[o_idx[e]] += flat_weight[w_idx[e]] * value[e] for every element e (added in element order by
+    `flat_add_`, deterministic; value None: all ones). Exact for any input values; its cost grows with the entries, not with
     the gene columns.
 
     tensors: per bucket (bias [n, w, 1], weight [n, w, c] or None, inp [n, c, B] or None, dense_w [n, w, g] or
@@ -66,8 +68,8 @@ class StratumLinear(torch.autograd.Function):
                 h.baddbmm_(dense_w, dense_inp)
         if sparse is not None:
             w_idx, o_idx, value = sparse
-            add = _cast(flat_weight, dtype)[w_idx]
-            out.index_add_(0, o_idx, add if value is None else add * value.to(dtype))
+            add = _cast(flat_weight, dtype).index_select(0, w_idx)
+            flat_add_(out, o_idx, add if value is None else add * value.to(dtype))
         ctx.rows, ctx.cols, ctx.starts, ctx.sparse, ctx.dtype = rows, cols, starts, sparse, dtype
         ctx.flat_shape = None if flat_weight is None else flat_weight.shape
         ctx.save_for_backward(*tensors[:-1])
@@ -96,8 +98,8 @@ class StratumLinear(torch.autograd.Function):
         if ctx.sparse is not None and needs[-1]:
             w_idx, o_idx, value = ctx.sparse
             flat_grad = grad.new_zeros(ctx.flat_shape)
-            picked = grad[o_idx]
-            flat_grad.index_add_(0, w_idx, picked if value is None else picked * value.to(grad.dtype))
+            picked = grad.index_select(0, o_idx)
+            flat_add_(flat_grad, w_idx, picked if value is None else picked * value.to(grad.dtype))
             grads[-1] = flat_grad
         return (None, None, None, *grads)
 
