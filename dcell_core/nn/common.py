@@ -83,10 +83,8 @@ def ragged_steps(count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class NumpyTanh(torch.autograd.Function):
     """tanh of a float32/float64 CPU tensor computed by NumPy's vectorized kernel; backward as torch.tanh's.
-
-    PyTorch's CPU tanh (2.13, Sleef's 1-ulp kernel) is compute-bound: 18.5 ms for [35000, 256] float32 on 2
-    threads of an AMD EPYC (AVX-512), where sigmoid takes 2.9 ms and NumPy's tanh 3.3 ms on one thread, within 1.4
-    ulp of the float64 value (torch's: 0.5 ulp). See docs/performance.md."""
+    PyTorch's CPU tanh is compute-bound and several times slower than NumPy's, which stays within 2 ulp
+    (tests/test_nn_kernels.py); the timings are in docs/performance.md, "Element-wise kernels"."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:
@@ -111,8 +109,8 @@ def fast_tanh(h: torch.Tensor) -> torch.Tensor:
 
 def flat_add_(target: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """target[index[i]] += src[i] in place for 1-D tensors, in element order (deterministic on the CPU). On the CPU
-    through scatter_add_, which index_add_ of a 1-D tensor calls after extra work of its own (200,000 elements
-    into 20 M: 1.7 ms against 2.9 ms, 2 threads, AMD EPYC); index_add_ elsewhere."""
+    through scatter_add_, which index_add_ of a 1-D tensor calls after extra work of its own (timings:
+    docs/performance.md, "Element-wise kernels"); index_add_ elsewhere."""
     if target.device.type == "cpu":
         return target.scatter_add_(0, index, src)
     return target.index_add_(0, index, src)

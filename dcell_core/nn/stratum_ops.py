@@ -39,8 +39,8 @@ class StratumLinear(torch.autograd.Function):
     """H [R_s, B]: for every bucket q, H_q = bias_q + weight_q @ inp_q (+ dense_w_q @ dense_inp_q), all [n, w, .]
     batched over its terms; plus, with `sparse`, the gene columns applied from the nonzero genotype entries:
     H.view(-1)[o_idx[e]] += flat_weight[w_idx[e]] * value[e] for every element e (added in element order by
-    `flat_add_`, deterministic; value None: all ones). Exact for any input values; its cost grows with the entries, not with
-    the gene columns.
+    `flat_add_`, deterministic; value None: all ones). Exact for any input values; its cost grows with the
+    entries, not with the gene columns.
 
     tensors: per bucket (bias [n, w, 1], weight [n, w, c] or None, inp [n, c, B] or None, dense_w [n, w, g] or
     None, dense_inp [n, g, B] or None), flattened, then flat_weight [P] or None."""
