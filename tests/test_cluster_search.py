@@ -231,7 +231,8 @@ def test_trials_ride_out_an_mlflow_server_restart(tmp_path, cluster, workers, se
     parents, children = runs_of(server.uri, "restart")
     assert parents[0].info.status == "FINISHED" and len(children) == 2
     for c in children:
-        assert c.info.status == "FINISHED" and "dcell.retries" not in c.data.tags
+        why = f"{c.info.status} {c.data.tags.get('dcell.error')}\n{out[-4000:]}"
+        assert c.info.status == "FINISHED" and "dcell.retries" not in c.data.tags, why
         assert steps(server.uri, c.info.run_id) == [1, 2, 3, 4, 5], out[-4000:]
         assert steps(server.uri, c.info.run_id, "val/pearson") == [1, 2, 3, 4, 5]
 
