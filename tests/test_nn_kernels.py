@@ -1,12 +1,13 @@
 """The stratum-parallel model's own element-wise kernels against the torch ops they stand in for: tanh through
-NumPy (`fast_tanh`) and the 1-D scatter-add (`flat_add_`)."""
+NumPy (`fast_tanh`), the 1-D scatter-add (`flat_add_`) and the index runs of the sparse entries
+(`ragged_ranges`)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from dcell_core.nn.common import NumpyTanh, activation_fn, fast_tanh, flat_add_
+from dcell_core.nn.common import NumpyTanh, activation_fn, fast_tanh, flat_add_, ragged_ranges
 
 
 def _values(dtype: torch.dtype) -> torch.Tensor:
@@ -64,3 +65,22 @@ def test_flat_add_equals_index_add_bitwise_with_repeated_indices():
     got = torch.zeros(50)
     assert flat_add_(got, index, src) is got
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("stride", [1, 7, 256])
+def test_ragged_ranges_is_the_concatenation_of_the_runs(stride):
+    g = torch.Generator().manual_seed(1)
+    length = torch.randint(1, 40, (500,), generator=g)
+    length[::37] = 1  # runs of one element between longer ones
+    base = torch.randint(-10_000, 10_000_000, (500,), generator=g)  # any order, negative and overlapping included
+    expected = torch.cat([b + stride * torch.arange(n) for b, n in zip(base.tolist(), length.tolist())])
+    got = ragged_ranges(base, length, stride)
+    assert got.dtype == torch.long and torch.equal(got, expected)
+    assert torch.equal(ragged_ranges(base, length, stride, int(length.sum())), expected)
+    assert torch.equal(ragged_ranges(base[:1], length[:1], stride), expected[:int(length[0])])
+    assert ragged_ranges(base[:0], length[:0], stride).numel() == 0
+
+
+def test_ragged_ranges_refuses_an_empty_run():
+    with pytest.raises(ValueError, match="length >= 1, got 0"):
+        ragged_ranges(torch.tensor([5, 9, 20]), torch.tensor([2, 0, 3]))

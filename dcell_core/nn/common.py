@@ -81,6 +81,26 @@ def ragged_steps(count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return src, torch.arange(len(src), device=count.device) - (torch.cumsum(count, 0) - count)[src]
 
 
+def ragged_ranges(base: torch.Tensor, length: torch.Tensor, stride: int = 1, total: int | None = None
+                  ) -> torch.Tensor:
+    """The runs base[i], base[i] + stride, ..., base[i] + (length[i] - 1) * stride for every i, concatenated:
+    int64 [sum(length)] (`total`, when the caller knows it). Every length must be >= 1. Built as one fill, one
+    scatter of the jumps at the runs' starts and one cumulative sum: a few passes over the output instead of
+    the expansion of base per element (repeat_interleave) plus a step; see docs/performance.md, "On an Intel
+    Xeon machine"."""
+    if total is None:
+        total = int(length.sum())
+    out = torch.full((total,), stride, dtype=torch.long, device=base.device)
+    if len(length) == 0:
+        return out
+    if int(length.min()) < 1:
+        raise ValueError(f"ragged_ranges: every run needs length >= 1, got {int(length.min())}")
+    first = torch.cumsum(length, 0) - length
+    jump = base.clone()
+    jump[1:] -= base[:-1] + (length[:-1] - 1) * stride  # from the previous run's last value to this run's base
+    return out.index_copy_(0, first, jump).cumsum_(0)
+
+
 class NumpyTanh(torch.autograd.Function):
     """tanh of a float32/float64 CPU tensor computed by NumPy's vectorized kernel; backward as torch.tanh's.
     PyTorch's CPU tanh is compute-bound and several times slower than NumPy's, which stays within 2 ulp

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from dcell_core.nn.common import ragged_ranges
+
 
 class Compact(NamedTuple):
     """Stratum 0's non-wild-type entries (see Stratum.compact_output): entry i is neuron rows[i] in sample
@@ -28,12 +30,9 @@ def compact_entries(row: torch.Tensor, length: torch.Tensor, b: torch.Tensor, w_
     pair_len = torch.zeros_like(pairs).scatter_(0, inverse, length)
     pair_first = torch.cumsum(pair_len, 0) - pair_len
     size = int(pair_len.sum())
-    step = torch.arange(size, device=row.device)
-    rows = step + torch.repeat_interleave(pairs // B - pair_first, pair_len)
-    flat = rows * B + torch.repeat_interleave(pairs % B, pair_len)
-    slot_first = torch.cumsum(length, 0) - length
-    e_idx = torch.arange(len(w_idx), device=row.device) + torch.repeat_interleave(pair_first[inverse] - slot_first,
-                                                                                  length)
+    rows = ragged_ranges(pairs // B, pair_len, 1, size)
+    flat = ragged_ranges(pairs, pair_len, B, size)  # (row + r) * B + b
+    e_idx = ragged_ranges(pair_first[inverse], length, 1, len(w_idx))  # slot element r -> its pair's entry r
     return Compact(rows, flat, e_idx, w_idx, values, size)
 
 

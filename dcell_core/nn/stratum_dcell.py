@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcell_core.nn.buckets import TermBucket
-from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes, ragged_steps
+from dcell_core.nn.common import (DCellOutput, TermSizes, activation_fn, check_genotypes, ragged_ranges,
+                                  ragged_steps)
 from dcell_core.nn.compact import Compact, ExpandIntoBuffer, ExpandScatter, compact_entries
 from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.perturbed import PerturbationLayout
@@ -125,10 +126,9 @@ class StratumDCell(nn.Module):
         order = torch.sort(table[:, 0], stable=True).indices  # group by stratum
         table, src = table[order], src[order]
         length = table[:, 3]
-        first = torch.cumsum(length, 0) - length  # first element of each slot
-        step = torch.arange(int(length.sum()), device=dev)  # element e of slot m is row r = e - first[m]
-        w_idx = step + torch.repeat_interleave(table[:, 1] - first, length)
-        o_idx = step * B + torch.repeat_interleave(table[:, 2] * B + b_nz[src] - first * B, length)
+        total = int(length.sum())
+        w_idx = ragged_ranges(table[:, 1], length, 1, total)  # slot m's row r: column offset + r
+        o_idx = ragged_ranges(table[:, 2] * B + b_nz[src], length, B, total)  # (first row + r) * B + b
         values = None if bool((value == 1).all()) else torch.repeat_interleave(value[src], length)
         per_stratum = torch.zeros(len(self.strata), dtype=torch.long, device=dev).index_add_(
             0, table[:, 0], length).tolist()
