@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.model import cpu_flags, effective_batch, perturbed_counts
+from benchmarks.model import cpu_flags, effective_batch, paired_ratio, perturbed_counts
 from dcell_core.nn import ModelConfig, build_dcell
 from dcell_core.ontology.hierarchy import Hierarchy
 
@@ -61,3 +61,19 @@ def test_cpu_flags_are_vector_extensions():
     flags = cpu_flags()
     assert flags == sorted(flags)
     assert all(f in ("sse4_2", "avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")) for f in flags)
+
+
+def test_paired_ratio_divides_within_rounds():
+    # round 3 is a slow phase for both (x1.5): its ratio is that of the others; best-of pairs rounds 1 and 2
+    fast, floor = [2.0, 2.2, 3.3, 2.4, 2.1], [1.1, 1.0, 1.65, 1.2, 0.7]
+    median, q25, q75 = paired_ratio(fast, floor)
+    ratios = sorted(f / d for f, d in zip(fast, floor))  # 1.82, 2.0, 2.0, 2.2, 3.0
+    assert median == pytest.approx(ratios[2]) and median == pytest.approx(2.0)
+    assert q25 == pytest.approx(ratios[1]) and q75 == pytest.approx(ratios[3])
+    assert min(fast) / min(floor) == pytest.approx(2.0 / 0.7)  # the best-of ratio mixes rounds 1 and 5
+
+
+@pytest.mark.parametrize("fast, floor", [([1.0, 2.0], [1.0]), ([], [])])
+def test_paired_ratio_refuses_unpaired_lists(fast, floor):
+    with pytest.raises(ValueError, match="equally long, non-empty"):
+        paired_ratio(fast, floor)
