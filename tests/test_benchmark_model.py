@@ -64,7 +64,8 @@ def test_cpu_flags_are_vector_extensions():
 
 
 def test_paired_ratio_divides_within_rounds():
-    # round 3 is a slow phase for both (x1.5): its ratio is that of the others; best-of pairs rounds 1 and 2
+    # round 3 is slow for both alike and keeps the median ratio; the best-of ratio pairs round 1's fast time
+    # with round 5's floor
     fast, floor = [2.0, 2.2, 3.3, 2.4, 2.1], [1.1, 1.0, 1.65, 1.2, 0.7]
     median, q25, q75 = paired_ratio(fast, floor)
     ratios = sorted(f / d for f, d in zip(fast, floor))  # 1.82, 2.0, 2.0, 2.2, 3.0
