@@ -51,6 +51,16 @@ def test_resume_continues_exactly(cache_env):
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     lines = (cache_env / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # optimizer state for other parameter tensors than the model's (an older parameter layout) is refused by name
+    state_file = cache_env / "split" / "checkpoints" / "epoch_0003" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    dropped = state["optimizer"]["param_groups"][0]["params"].pop()
+    state["optimizer"]["state"].pop(dropped, None)
+    torch.save(state, state_file)
+    n = len(state["optimizer"]["param_groups"][0]["params"])
+    with pytest.raises(ValueError, match=rf"epoch_0003 holds optimizer state for {n} parameter tensors, the model "
+                                         rf"has {n + 1} .*cannot resume"):
+        train(compose([*cfg, f"train.resume_from={cache_env / 'split'}"]), output_dir=cache_env / "split")
 
 
 def test_lr_schedule_really_steps(cache_env):

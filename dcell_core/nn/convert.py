@@ -17,7 +17,8 @@ from dcell_core.nn.stratum_dcell import StratumDCell
 
 
 # (parameter or buffer, index into it, oracle columns); an index ("flat", offset, rows, cols) is the [rows, cols]
-# matrix stored column-major (transposed) at `offset` of a flat tensor (the stratum's unpadded gene columns)
+# matrix stored column-major (transposed) at `offset` of a flat tensor (the stratum's unpadded gene columns);
+# ("block", offset, shape, index) is `index` into the padded bucket block of `shape` at `offset` of a flat tensor
 Part = tuple[torch.Tensor, tuple, slice | None]
 
 
@@ -26,6 +27,9 @@ def take(tensor: torch.Tensor, index: tuple) -> torch.Tensor:
     if index and index[0] == "flat":
         _, offset, rows, cols = index
         return tensor[offset: offset + rows * cols].view(cols, rows).t()
+    if index and index[0] == "block":
+        _, offset, shape, inner = index
+        return tensor[offset: offset + int(torch.Size(shape).numel())].view(shape)[inner]
     return tensor[index]
 
 
@@ -38,27 +42,32 @@ def term_parts(model: StratumDCell, t: int) -> dict[str, list[Part]]:
     w = model.sizes.widths[t]
     g = len(model.sizes.direct_genes[t]) * model.sizes.token_dim
     c = model.sizes.fan_in(t) - g
+
+    def block(name: str, inner: tuple) -> tuple[torch.Tensor, tuple]:  # term i's piece of bucket k's block
+        return stratum.get_parameter(name), ("block", *stratum.blocks[k][name], inner)
+
     first = []
     if c:
-        first.append((bucket.child_weight, (i, slice(0, w), slice(0, c)), slice(0, c)))
+        first.append((*block("child_weight", (i, slice(0, w), slice(0, c))), slice(0, c)))
     if g:
         first.append((stratum.gene_weight, ("flat", stratum.gene_offset[t], w, g), slice(c, c + g)))
     out: dict[str, list[Part]] = {f"terms.{t}.linears.0.weight": first}
-    for layer, weight in enumerate(bucket.layer_weights, start=1):
-        out[f"terms.{t}.linears.{layer}.weight"] = [(weight, (i, slice(0, w), slice(0, w)), None)]
-    for layer, bias in enumerate(bucket.biases):
-        out[f"terms.{t}.linears.{layer}.bias"] = [(bias, (i, slice(0, w), 0), None)]
-    for layer, (gain, shift) in enumerate(zip(bucket.norm_weights, bucket.norm_biases)):
-        out[f"terms.{t}.norms.{layer}.weight"] = [(gain, (i, slice(0, w)), None)]
-        out[f"terms.{t}.norms.{layer}.bias"] = [(shift, (i, slice(0, w)), None)]
+    for layer in range(1, bucket.layers):
+        out[f"terms.{t}.linears.{layer}.weight"] = [(*block(f"layer_weights.{layer - 1}",
+                                                            (i, slice(0, w), slice(0, w))), None)]
+    for layer in range(bucket.layers):
+        out[f"terms.{t}.linears.{layer}.bias"] = [(*block(f"biases.{layer}", (i, slice(0, w), 0)), None)]
+    for layer in range(bucket.layers * bucket.has_affine):
+        out[f"terms.{t}.norms.{layer}.weight"] = [(*block(f"norm_weights.{layer}", (i, slice(0, w))), None)]
+        out[f"terms.{t}.norms.{layer}.bias"] = [(*block(f"norm_biases.{layer}", (i, slice(0, w))), None)]
         if model.cfg.norm_type == "batch":
             for stat in ("running_mean", "running_var"):
                 start = stratum.rows[k].start
                 buf = getattr(stratum, f"{stat}_{layer}")[start: start + bucket.n * bucket.w_max].view(
                     bucket.n, bucket.w_max)
                 out[f"terms.{t}.norms.{layer}.{stat}"] = [(buf, (i, slice(0, w)), None)]
-    out[f"terms.{t}.head.weight"] = [(bucket.head_weight, (i, slice(None), slice(0, w)), None)]
-    out[f"terms.{t}.head.bias"] = [(bucket.head_bias, (i, 0, slice(None)), None)]
+    out[f"terms.{t}.head.weight"] = [(*block("head_weight", (i, slice(None), slice(0, w))), None)]
+    out[f"terms.{t}.head.bias"] = [(*block("head_bias", (i, 0, slice(None))), None)]
     return out
 
 

@@ -43,6 +43,7 @@ class Stratum(nn.Module):
                     offset += L * G
             pad_base += bucket.n * bucket.w_max * bucket.g_max
         self.gene_pad_sizes = [b.n * b.w_max * b.g_max for b in buckets]
+        self._flat_parameters(layers, norm_type)
         self.gene_weight = nn.Parameter(torch.zeros(offset)) if offset else None
         if offset:
             self.register_buffer("gene_pad_index", torch.from_numpy(np.concatenate(pad_index)), persistent=False)
@@ -50,6 +51,68 @@ class Stratum(nn.Module):
         for k in range(layers if norm_type == "batch" else 0):
             self.register_buffer(f"running_mean_{k}", torch.zeros(self.num_rows))
             self.register_buffer(f"running_var_{k}", valid_rows.clone())
+
+    # ---- parameters: one flat tensor per kind, the buckets' padded blocks one after another --------------
+    def _flat_parameters(self, layers: int, norm_type: str) -> None:
+        """Every parameter kind of the buckets (`TermBucket.shapes`: child_weight, layer_weights.{k}, biases.{k},
+        norm_weights.{k}, norm_biases.{k}, head_weight, head_bias) as one flat parameter of the stratum under the
+        same name, bucket q's block at `self.blocks[q][name]` (offset, shape). The row-shaped kinds (biases, norm
+        gains and shifts, head weights) are [R_s] in the stratum tensor's row order and the head biases [T_s] in
+        bucket-slot order, so whole-stratum ops use them directly; the fused optimizer steps a few large tensors
+        instead of six per bucket, and the stratum's autograd functions write one gradient per kind."""
+        self.blocks: list[dict[str, tuple[int, tuple[int, ...]]]] = []
+        sizes: dict[str, int] = {}
+        for bucket in self.buckets:
+            blocks = {}
+            for name, shape in bucket.shapes().items():
+                blocks[name] = (sizes.get(name, 0), shape)
+                sizes[name] = sizes.get(name, 0) + int(np.prod(shape))
+            self.blocks.append(blocks)
+        self.flat_names = list(sizes)  # in the stored order of the first bucket that has them
+        has_affine = norm_type != "none"
+        self.child_weight = nn.Parameter(torch.zeros(sizes["child_weight"])) if "child_weight" in sizes else None
+        self.layer_weights = nn.ParameterList(nn.Parameter(torch.zeros(sizes[f"layer_weights.{k}"]))
+                                              for k in range(layers - 1))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(self.num_rows)) for _ in range(layers))
+        self.norm_weights = nn.ParameterList(nn.Parameter(torch.zeros(self.num_rows))
+                                             for _ in range(layers * has_affine))
+        self.norm_biases = nn.ParameterList(nn.Parameter(torch.zeros(self.num_rows))
+                                            for _ in range(layers * has_affine))
+        self.head_weight = nn.Parameter(torch.zeros(self.num_rows))
+        self.head_bias = nn.Parameter(torch.zeros(sum(b.n for b in self.buckets)))
+        self.weight_cols = tuple(b.c_max for b in self.buckets)  # the first layer's children columns per bucket
+        self.register_state_dict_post_hook(_stored_form)
+        self.register_load_state_dict_pre_hook(_from_stored_form)
+
+    def block(self, q: int, name: str, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """Bucket q's padded block of parameter kind `name` (a view of `flat`, by default the parameter)."""
+        offset, shape = self.blocks[q][name]
+        flat = self.get_parameter(name) if flat is None else flat
+        return flat[offset: offset + int(np.prod(shape))].view(shape)
+
+    @torch.no_grad()
+    def reset_buckets(self, init_range: float) -> None:
+        """Initial values of the buckets' blocks, bucket by bucket in the stored order (the random stream is
+        that of per-bucket parameters): norm gains 1, shifts 0, the rest uniform in +-init_range; padding 0."""
+        for q, bucket in enumerate(self.buckets):
+            masks = bucket.valid_masks()
+            for name in bucket.shapes():
+                p = self.block(q, name)
+                if name.startswith("norm_weights"):
+                    p.copy_(masks[name].to(p.dtype))
+                elif name.startswith("norm_biases"):
+                    p.zero_()
+                else:
+                    p.uniform_(-init_range, init_range).mul_(masks[name].to(p.dtype))
+
+    def padding_violations(self) -> list[str]:
+        """Stored names (`buckets.{q}.{kind}`) of blocks with a non-zero padded entry."""
+        out = []
+        for q, bucket in enumerate(self.buckets):
+            for name, mask in bucket.valid_masks().items():
+                if bool((self.block(q, name).detach()[~mask] != 0).any()):
+                    out.append(f"buckets.{q}.{name}")
+        return out
 
     def read_parts(self, genes: bool) -> list[tuple[int, bool]]:
         """The (bucket, is gene part) pairs to read: all, or only the children parts."""
@@ -84,21 +147,21 @@ class Stratum(nn.Module):
         dense = (self.padded_gene_weights() if sparse is None and self.gene_weight is not None
                  else [None] * len(self.buckets))
         tensors: list[torch.Tensor | None] = []
-        for bucket, (inp_c, inp_g), gene_w in zip(self.buckets, inputs, dense):
-            tensors += [bucket.biases[0], bucket.child_weight, inp_c, gene_w, inp_g if gene_w is not None else None]
-        tensors.append(self.gene_weight if sparse is not None else None)
-        return StratumLinear.apply(self.rows, B, sparse, *tensors)
+        for (inp_c, inp_g), gene_w in zip(inputs, dense):
+            tensors += [inp_c, gene_w, inp_g if gene_w is not None else None]
+        return StratumLinear.apply(self.rows, B, sparse, self.weight_cols, self.biases[0], self.child_weight,
+                                   self.gene_weight if sparse is not None else None, *tensors)
 
     def next_layer(self, o: torch.Tensor, k: int) -> torch.Tensor:
         """Extra subsystem layer k >= 1 of every term: W_k O + b_k -> [R_s, B]."""
         tensors: list[torch.Tensor | None] = []
-        for bucket, view in zip(self.buckets, self.views(o)):
-            tensors += [bucket.biases[k], bucket.layer_weights[k - 1], view, None, None]
-        tensors.append(None)
-        return StratumLinear.apply(self.rows, o.shape[1], None, *tensors)
+        for view in self.views(o):
+            tensors += [view, None, None]
+        return StratumLinear.apply(self.rows, o.shape[1], None, tuple(b.w_max for b in self.buckets),
+                                   self.biases[k], self.layer_weights[k - 1], None, *tensors)
 
-    def head_params(self) -> tuple[torch.Tensor, ...]:
-        return tuple(p for b in self.buckets for p in (b.head_weight, b.head_bias))
+    def head_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_weight, self.head_bias
 
     def compact_output(self, c: Compact, B: int, act, norm_order: str, norm_type: str, training: bool,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +171,7 @@ class Stratum(nn.Module):
         v0 [R_s] shared by most samples and a few other values e at the entries `c.rows`, `c.flat`. Activation
         and norm (batch statistics as sums weighted by how many samples hold v0) run on that form; the caller
         makes the output dense."""
-        bias = flat_cat([b.biases[0] for b in self.buckets])  # [R_s]
+        bias = self.biases[0]  # [R_s]
         add = self.gene_weight.index_select(0, c.w_idx)
         if c.values is not None:
             add = add * c.values.to(add.dtype)
@@ -122,10 +185,10 @@ class Stratum(nn.Module):
         order)."""
         it = iter(parts)
         tensors: list[torch.Tensor | None] = []
-        for bucket, read in zip(self.buckets, p.reads):
-            tensors += [bucket.biases[0], bucket.child_weight, next(it) if read is not None else None, None, None]
-        tensors.append(self.gene_weight if p.genes is not None else None)
-        z = StratumLinear.apply(self.rows, p.cols, p.genes, *tensors)
+        for read in p.reads:
+            tensors += [next(it) if read is not None else None, None, None]
+        z = StratumLinear.apply(self.rows, p.cols, p.genes, self.weight_cols, self.biases[0], self.child_weight,
+                                self.gene_weight if p.genes is not None else None, *tensors)
         return self.compact_finish(z.index_select(0, p.z_wild), z.index_select(0, p.z_entry), p.compact, B, act,
                                    norm_order, norm_type, training)
 
@@ -144,8 +207,7 @@ class Stratum(nn.Module):
                       ) -> torch.Tensor:
         """The heads [T_s, B] (bucket-slot order) of a stratum in compact form: one wild-type head per term plus,
         where the term is perturbed, the change its entries make. `term` [R_s]: the term slot of every row."""
-        weight = flat_cat([b.head_weight for b in self.buckets])  # [R_s]
-        bias = flat_cat([b.head_bias for b in self.buckets])  # [T_s]
+        weight, bias = self.head_weight, self.head_bias  # [R_s], [T_s]
         wild = bias.index_add(0, term, weight * v0)
         entry_term = term.index_select(0, c.rows)
         change = weight.index_select(0, c.rows) * (e - v0.index_select(0, c.rows))
@@ -172,23 +234,57 @@ class Stratum(nn.Module):
             mean, var = rm, rv
             d0, de = v0 - mean, e - mean.index_select(0, c.rows)
         inv = torch.rsqrt(var + NORM_EPS)
-        gain = flat_cat([b.norm_weights[0] for b in self.buckets])
-        shift = flat_cat([b.norm_biases[0] for b in self.buckets])
+        gain, shift = self.norm_weights[0], self.norm_biases[0]
         scale = inv * gain
         return d0 * scale + shift, de * scale.index_select(0, c.rows) + shift.index_select(0, c.rows)
 
     def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
         if norm_type == "none":
             return h
+        gain, shift = self.norm_weights[k], self.norm_biases[k]  # [R_s]
         if norm_type == "layer":
-            return torch.cat([b.layer_norm(v, k).view(-1, h.shape[1]) for b, v in zip(self.buckets, self.views(h))])
+            normed = torch.cat([b.normalize(v).view(-1, h.shape[1]) for b, v in zip(self.buckets, self.views(h))])
+            return normed * gain.unsqueeze(1) + shift.unsqueeze(1)
         # batch norm per neuron over the batch: channels = the R_s neurons, one "length" axis = the batch
-        gain = flat_cat([b.norm_weights[k] for b in self.buckets])
-        shift = flat_cat([b.norm_biases[k] for b in self.buckets])
         out = F.batch_norm(h.view(1, *h.shape), getattr(self, f"running_mean_{k}"), getattr(self, f"running_var_{k}"),
                            gain, shift, training, BN_MOMENTUM, NORM_EPS)
         return out.view(h.shape)
 
 
-def flat_cat(params: list[torch.Tensor]) -> torch.Tensor:
-    return params[0].reshape(-1) if len(params) == 1 else torch.cat([p.reshape(-1) for p in params])
+def _stored_form(module: Stratum, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State-dict hook: the flat parameters stored as the buckets' blocks (`buckets.{q}.{kind}`, shapes as in
+    `TermBucket.shapes`), the stored form checkpoints keep, after the stratum's other entries (the order of
+    per-bucket parameters). Copies, so that no two stored tensors share memory."""
+    flat = {name: state_dict.pop(prefix + name) for name in module.flat_names}
+    for q, blocks in enumerate(module.blocks):
+        for name in blocks:
+            state_dict[f"{prefix}buckets.{q}.{name}"] = module.block(q, name, flat[name].detach()).clone()
+
+
+def _from_stored_form(module: Stratum, state_dict: dict, prefix: str, local_metadata, strict: bool,
+                      missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """Load-state-dict pre-hook: the buckets' stored blocks joined into the flat parameters. A flat name
+    already present is loaded as given; a missing block is reported under its stored name, a block of the
+    wrong shape as a size mismatch (the flat parameter is then left out, so strict loading fails)."""
+    for name in module.flat_names:
+        if prefix + name in state_dict:
+            continue
+        pieces, complete = [], True
+        for q, blocks in enumerate(module.blocks):
+            if name not in blocks:
+                continue
+            key, shape = f"{prefix}buckets.{q}.{name}", blocks[name][1]
+            value = state_dict.get(key)
+            if value is None:
+                missing_keys.append(key)
+                complete = False
+            elif tuple(value.shape) != shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from "
+                                  f"checkpoint, the shape in current model is {torch.Size(shape)}.")
+                complete = False
+            else:
+                pieces.append(value.reshape(-1))
+        if complete:
+            for q, blocks in enumerate(module.blocks):
+                state_dict.pop(f"{prefix}buckets.{q}.{name}", None)
+            state_dict[prefix + name] = torch.cat(pieces)

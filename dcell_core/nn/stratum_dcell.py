@@ -143,8 +143,8 @@ class StratumDCell(nn.Module):
 
     def reset_parameters(self) -> None:
         r = self.cfg.init_range
-        for bucket in self.buckets():
-            bucket.reset_parameters(r)
+        for stratum in self.strata:
+            stratum.reset_buckets(r)
         for stratum in self.strata:
             if stratum.gene_weight is not None:
                 nn.init.uniform_(stratum.gene_weight, -r, r)
@@ -159,14 +159,14 @@ class StratumDCell(nn.Module):
         return [b for s in self.strata for b in s.buckets]
 
     def head_biases(self) -> list[torch.Tensor]:
-        """Every head's bias (the root's and the auxiliary terms'), one [n, 1, 1] tensor per bucket."""
-        return [b.head_bias for b in self.buckets()]
+        """Every head's bias (the root's and the auxiliary terms'), one flat [T_s] tensor per stratum."""
+        return [s.head_bias for s in self.strata]
 
     def decay_weights(self) -> list[torch.Tensor]:
         """Weight matrices under the L2 penalty (padded entries are zero, so they add nothing)."""
-        out = [w for b in self.buckets() for w in (b.child_weight, *b.layer_weights) if w is not None]
+        out = [w for s in self.strata for w in (s.child_weight, *s.layer_weights) if w is not None]
         out += [s.gene_weight for s in self.strata if s.gene_weight is not None]
-        out += [b.head_weight for b in self.buckets()]
+        out += [s.head_weight for s in self.strata]
         if self.token_proj is not None:
             out.append(self.token_proj.weight)
         if self.attention is not None:
@@ -174,9 +174,8 @@ class StratumDCell(nn.Module):
         return out
 
     def padding_violations(self) -> list[str]:
-        """Names of bucket parameters with a non-zero padded entry (must be empty)."""
-        return [f"strata.{s}.buckets.{k}.{name}" for s, st in enumerate(self.strata)
-                for k, b in enumerate(st.buckets) for name in b.padding_violations()]
+        """Stored names of bucket blocks with a non-zero padded entry (must be empty)."""
+        return [f"strata.{s}.{name}" for s, st in enumerate(self.strata) for name in st.padding_violations()]
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_states: bool = False) -> DCellOutput:

@@ -189,6 +189,7 @@ class Training:
         if resume is not None:
             weights, state, _, meta = load_checkpoint_files(resume)
             model.load_state_dict(weights, strict=True)
+            _check_optimizer_state(resume, state["optimizer"], self.optimizer)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
@@ -298,6 +299,18 @@ def _resolve_resume(path: str | None) -> Path | None:
     if not p.is_dir():
         raise FileNotFoundError(f"train.resume_from={path}: {p} is not a checkpoint directory")
     return p
+
+
+def _check_optimizer_state(path: Path, saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """The saved optimizer state must be for as many parameter tensors as the model has now (the weights are
+    stored per bucket, the optimizer state per parameter tensor: a state written before the model kept one flat
+    parameter per kind and stratum does not fit)."""
+    found = sum(len(g["params"]) for g in saved["param_groups"])
+    expected = sum(len(g["params"]) for g in optimizer.param_groups)
+    if found != expected:
+        raise ValueError(f"train.resume_from: checkpoint {path} holds optimizer state for {found} parameter "
+                         f"tensors, the model has {expected} (written by a version that kept other parameter "
+                         "tensors): its weights still load, but training cannot resume from it; start a new run")
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
