@@ -195,7 +195,7 @@ def test_compact_first_stratum_equals_oracle(case, values):
 
 def test_sparse_gene_path_reads_no_gene_inputs():
     """With binary genotypes that need no gradient, no gene input rows are gathered from the activation buffer
-    (no index_select of gene parts): the strata read only children parts."""
+    (no index_select of gene inputs): the strata read only their children inputs, one gather per stratum."""
     h = hand_hierarchy()
     x, y = genotypes(h.num_genes, 4, seed=0)
     counts = {}
@@ -204,19 +204,19 @@ def test_sparse_gene_path_reads_no_gene_inputs():
         with OpCounter(torch.ops.aten.index_select.default, rows=fast.buffer_rows(len(x))) as counter:
             fast(x)
         counts[sparse] = counter.count
-    children = sum(not g for st in fast.strata for _, g in st.parts)
-    genes = sum(g for st in fast.strata for _, g in st.parts)
+    children = sum(not g for st in fast.strata for g in st.groups)
+    genes = sum(g for st in fast.strata for g in st.groups)
     assert counts == {True: children, False: children + genes}
 
 
 def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
-    """Only children input parts scatter their gradient into the buffer (one index_add_ each); gene parts add none
-    unless the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
+    """Only the children inputs scatter their gradient into the buffer (one index_add_ per stratum); the gene inputs
+    add none unless the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
     h = hand_hierarchy()
     torch.manual_seed(0)
     for model_kw, genotype_grad in ((dict(), False), (dict(), True), (dict(learnable_embedding_dim=2), False)):
         fast = build_dcell(h, ModelConfig(**model_kw)).double()
-        parts = [is_gene for st in fast.strata for _, is_gene in st.parts]
+        parts = [is_gene for st in fast.strata for is_gene in st.groups]
         x, y = genotypes(h.num_genes, 4, seed=0)
         x.requires_grad_(genotype_grad)
         with OpCounter(torch.ops.aten.index_add_.default, rows=fast.buffer_rows(len(x))) as counter:

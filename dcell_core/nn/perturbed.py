@@ -32,7 +32,8 @@ from dcell_core.nn.plan import Plan
 class StratumPairs(NamedTuple):
     """One stratum in perturbation form for one batch."""
     cols: tuple[int, ...]  # 1 + m_q per bucket
-    reads: tuple[torch.Tensor | None, ...]  # per bucket with children: [n, c_max, 1 + m_q] flat buffer positions
+    read: torch.Tensor  # flat buffer positions of the inputs: per bucket with children its [n, c_max, 1 + m_q]
+    # block, flattened, one bucket after another (one gather and one scatter per stratum)
     compact: Compact  # the perturbed entries: rows (stratum rows), flat (row * B + b), size
     z_wild: torch.Tensor  # [R_s] position of each row's wild-type pre-activation in the flat StratumLinear output
     z_entry: torch.Tensor  # [size] position of each entry's pre-activation there
@@ -144,12 +145,11 @@ class PerturbationLayout(nn.Module):
         reads = []
         for q, ((n, _, c), mq) in enumerate(zip(shapes, ms)):
             if not c:
-                reads.append(None)
                 continue
             idx = getattr(self, f"child_rows_{s}_{q}").unsqueeze(2) * B + \
                 samp[int(samp_off[q]): int(samp_off[q + 1])].view(n, 1, 1 + mq)
             idx[:, :, 0] = wild[getattr(self, f"child_stratum_{s}_{q}")] + getattr(self, f"child_off_{s}_{q}")
-            reads.append(idx)
+            reads.append(idx.view(-1))
         # entries: every pair's L_u rows
         length = self.u_width.index_select(0, up)
         size = int(length.sum())
@@ -173,5 +173,5 @@ class PerturbationLayout(nn.Module):
             g_term = getattr(self, f"row_term_{s}").index_select(0, g_rows)
             k_g = rank.view(-1).index_select(0, g_term * B + o_idx % B)
             gene_part = (w_idx, z_wild.index_select(0, g_rows) + 1 + k_g, value)
-        return StratumPairs(cols, tuple(reads), Compact(rows, flat, None, None, None, size), z_wild, z_entry,
+        return StratumPairs(cols, torch.cat(reads), Compact(rows, flat, None, None, None, size), z_wild, z_entry,
                             gene_part)

@@ -71,24 +71,25 @@ class BackwardState:
 
 
 class ReadStratum(torch.autograd.Function):
-    """Gather every bucket input part of one stratum from the activation buffer: one [n * c_max, B] (children)
-    and/or [n * g_max, B] (genes) tensor per bucket, in the order of `gathers` (for an [n, c_max, m] index of flat
-    buffer positions instead of a row index, an [n, c_max, m] tensor: see perturbed.py); then, when `below` (the stratum
-    whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward
-    adds their input gradient in place into the shared gradient buffer before handing the rows back: the
-    stratum output's gradient arrives whole, with no separate sum of two [R_s, B] gradients."""
+    """Gather the inputs of one stratum from the activation buffer, one tensor per input kind in the order of
+    `gathers`: the children inputs of all buckets [sum n * c_max, B], the gene inputs [sum n * g_max, B] (with
+    `flat_reads`, each index holds flat buffer positions instead of rows and the result is 1-D: see
+    perturbed.py); then, when `below` (the stratum whose output is `sources[0]`) is given, that stratum's heads
+    [T, B]. The heads live here so that backward adds their input gradient in place into the shared gradient
+    buffer before handing the rows back: the stratum output's gradient arrives whole, with no separate sum of
+    two [R_s, B] gradients."""
 
     @staticmethod
-    def forward(ctx, buf, gathers, gene_parts, genes_need_grad, state, stratum, spans, below, n_sources, *tensors):
+    def forward(ctx, buf, gathers, flat_reads, gene_parts, genes_need_grad, state, stratum, spans, below, n_sources,
+                *tensors):
         # `sources` (the tensors stored in the rows `spans`) are inputs so that autograd routes their gradients
         # through here; their values are already in `buf`. The rest of `tensors` are the heads' parameters.
         sources, head_params = tensors[:n_sources], tensors[n_sources:]
         ctx.gathers, ctx.state, ctx.stratum, ctx.spans, ctx.below = gathers, state, stratum, spans, below
-        ctx.n_sources = n_sources
-        ctx.set_materialize_grads(False)  # a bucket whose input gets no gradient adds nothing
-        flat = buf.view(-1)
-        out = tuple(buf.index_select(0, index) if index.dim() == 1 else
-                    flat.index_select(0, index.view(-1)).view(index.shape) for index in gathers)
+        ctx.n_sources, ctx.flat_reads = n_sources, flat_reads
+        ctx.set_materialize_grads(False)  # an input that gets no gradient adds nothing
+        src = buf.view(-1) if flat_reads else buf
+        out = tuple(src.index_select(0, index) for index in gathers)
         if not genes_need_grad:
             ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
         if below is None:
@@ -106,11 +107,11 @@ class ReadStratum(torch.autograd.Function):
                 continue
             if state.grad_buf is None:
                 state.new_grad_buf(state.batch)
-            if index.dim() == 1:
-                state.grad_buf.index_add_(0, index, grad)
+            if ctx.flat_reads:
+                flat_add_(state.grad_buf.view(-1), index, grad)
             else:
-                flat_add_(state.grad_buf.view(-1), index.view(-1), grad.reshape(-1))
-        needs = ctx.needs_input_grad[9:]
+                state.grad_buf.index_add_(0, index, grad)
+        needs = ctx.needs_input_grad[10:]
         head_grads: list = []
         if ctx.below is not None:
             o, *params = ctx.saved_tensors
@@ -134,4 +135,4 @@ class ReadStratum(torch.autograd.Function):
                     for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
         if ctx.stratum == state.last_reader:
             state.free_grad_buf()
-        return (None,) * 9 + out + tuple(head_grads)
+        return (None,) * 10 + out + tuple(head_grads)

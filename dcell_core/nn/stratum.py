@@ -18,12 +18,15 @@ class Stratum(nn.Module):
     def __init__(self, plans: list[BucketPlan], buckets: list[TermBucket], sizes: TermSizes, layers: int,
                  norm_type: str):
         super().__init__()
-        self.parts: list[tuple[int, bool]] = []  # (bucket, is gene part) of every gather, in read order
-        for k, plan in enumerate(plans):
-            for is_gene, gather in ((False, plan.child_gather), (True, plan.gene_gather)):
-                if gather.size:  # [n_k * c_max_k] or [n_k * g_max_k] buffer rows of bucket k's inputs
-                    self.register_buffer(f"gather_{len(self.parts)}", torch.from_numpy(gather), persistent=False)
-                    self.parts.append((k, is_gene))
+        # one gather per input kind: the children inputs of every bucket ([n_k * c_max_k] buffer rows each, one
+        # bucket after another), then the gene inputs ([n_k * g_max_k] each); `groups`: is gene, in read order
+        self.groups: list[bool] = []
+        for is_gene in (False, True):
+            parts = [p.gene_gather if is_gene else p.child_gather for p in plans]
+            if any(part.size for part in parts):
+                self.register_buffer("gather_genes" if is_gene else "gather_children",
+                                     torch.from_numpy(np.concatenate(parts)), persistent=False)
+                self.groups.append(is_gene)
         self.buckets = nn.ModuleList(buckets)
         self.row_start = plans[0].row_offset  # first buffer row of this stratum's outputs
         self.rows = tuple(BucketRows(b.row_offset - self.row_start, b.n, b.w_max) for b in buckets)
@@ -42,7 +45,8 @@ class Stratum(nn.Module):
                     pad_index.append((pad_base + (i * bucket.w_max + r) * bucket.g_max + j).reshape(-1))
                     offset += L * G
             pad_base += bucket.n * bucket.w_max * bucket.g_max
-        self.gene_pad_sizes = [b.n * b.w_max * b.g_max for b in buckets]
+        self.gene_pad_size = sum(b.n * b.w_max * b.g_max for b in buckets)
+        self.gene_cols = tuple(b.g_max for b in buckets)  # the first layer's gene columns per bucket (dense path)
         self._flat_parameters(layers, norm_type)
         self.gene_weight = nn.Parameter(torch.zeros(offset)) if offset else None
         if offset:
@@ -114,51 +118,41 @@ class Stratum(nn.Module):
                     out.append(f"buckets.{q}.{name}")
         return out
 
-    def read_parts(self, genes: bool) -> list[tuple[int, bool]]:
-        """The (bucket, is gene part) pairs to read: all, or only the children parts."""
-        return [p for p in self.parts if genes or not p[1]]
+    def read_groups(self, genes: bool) -> list[bool]:
+        """The input kinds to read (is gene, in read order): all, or only the children inputs."""
+        return [g for g in self.groups if genes or not g]
 
     def gathers(self, genes: bool) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f"gather_{i}") for i, p in enumerate(self.parts) if genes or not p[1])
-
-    def bucket_inputs(self, parts: tuple[torch.Tensor, ...], B: int, genes: bool) -> list[list[torch.Tensor | None]]:
-        """[children input [n, c_max, B] or None, gene input [n, g_max, B] or None] per bucket."""
-        out: list[list[torch.Tensor | None]] = [[None, None] for _ in self.buckets]
-        for (k, is_gene), part in zip(self.read_parts(genes), parts):
-            bucket = self.buckets[k]
-            out[k][is_gene] = part.view(bucket.n, bucket.g_max if is_gene else bucket.c_max, B)
-        return out
+        return tuple(getattr(self, "gather_genes" if g else "gather_children") for g in self.read_groups(genes))
 
     def views(self, h: torch.Tensor) -> list[torch.Tensor]:
         """The [n, w_max, B] block of every bucket in a stratum tensor [R_s, B]."""
         B = h.shape[1]
         return [v.view(b.n, b.w_max, B) for v, b in zip(h.split([b.n * b.w_max for b in self.buckets]), self.buckets)]
 
-    def padded_gene_weights(self) -> list[torch.Tensor | None]:
-        """The gene columns as padded [n, w_max, g_max] blocks (dense path), differentiable."""
-        padded = self.gene_weight.new_zeros(sum(self.gene_pad_sizes)).index_copy(0, self.gene_pad_index,
-                                                                                 self.gene_weight)
-        return [p.view(b.n, b.w_max, b.g_max) if b.g_max else None
-                for p, b in zip(padded.split(self.gene_pad_sizes), self.buckets)]
+    def padded_gene_weights(self) -> torch.Tensor:
+        """The gene columns as padded [n, w_max, g_max] blocks, one bucket after another, flat (dense path),
+        differentiable."""
+        return self.gene_weight.new_zeros(self.gene_pad_size).index_copy(0, self.gene_pad_index, self.gene_weight)
 
-    def first_layer(self, inputs: list[list[torch.Tensor | None]], B: int,
+    def first_layer(self, parts: tuple[torch.Tensor, ...], B: int, genes: bool,
                     sparse: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-        """W I + b of every term of the stratum -> [R_s, B]."""
-        dense = (self.padded_gene_weights() if sparse is None and self.gene_weight is not None
-                 else [None] * len(self.buckets))
-        tensors: list[torch.Tensor | None] = []
-        for (inp_c, inp_g), gene_w in zip(inputs, dense):
-            tensors += [inp_c, gene_w, inp_g if gene_w is not None else None]
-        return StratumLinear.apply(self.rows, B, sparse, self.weight_cols, self.biases[0], self.child_weight,
-                                   self.gene_weight if sparse is not None else None, *tensors)
+        """W I + b of every term of the stratum -> [R_s, B], from the read groups `parts` (`read_groups`)."""
+        inp = gene_inp = None
+        for is_gene, part in zip(self.read_groups(genes), parts):
+            if is_gene:
+                gene_inp = part
+            else:
+                inp = part
+        dense = self.padded_gene_weights() if gene_inp is not None else None
+        return StratumLinear.apply(self.rows, B, sparse, self.weight_cols, self.gene_cols, self.biases[0],
+                                   self.child_weight, inp, dense, gene_inp,
+                                   self.gene_weight if sparse is not None else None)
 
     def next_layer(self, o: torch.Tensor, k: int) -> torch.Tensor:
         """Extra subsystem layer k >= 1 of every term: W_k O + b_k -> [R_s, B]."""
-        tensors: list[torch.Tensor | None] = []
-        for view in self.views(o):
-            tensors += [view, None, None]
-        return StratumLinear.apply(self.rows, o.shape[1], None, tuple(b.w_max for b in self.buckets),
-                                   self.biases[k], self.layer_weights[k - 1], None, *tensors)
+        return StratumLinear.apply(self.rows, o.shape[1], None, tuple(b.w_max for b in self.buckets), None,
+                                   self.biases[k], self.layer_weights[k - 1], o, None, None, None)
 
     def head_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head_weight, self.head_bias
@@ -181,14 +175,10 @@ class Stratum(nn.Module):
     def pair_output(self, parts: tuple[torch.Tensor, ...], p, B: int, act, norm_order: str, norm_type: str,
                     training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The wild-type output [R_s] and the outputs at the entries of `p.compact` of a stratum in perturbation
-        form (perturbed.py; `p` its `StratumPairs`, `parts` the reads of its buckets with children, in bucket
-        order)."""
-        it = iter(parts)
-        tensors: list[torch.Tensor | None] = []
-        for read in p.reads:
-            tensors += [next(it) if read is not None else None, None, None]
-        z = StratumLinear.apply(self.rows, p.cols, p.genes, self.weight_cols, self.biases[0], self.child_weight,
-                                self.gene_weight if p.genes is not None else None, *tensors)
+        form (perturbed.py; `p` its `StratumPairs`, `parts` = (the read `p.read`,))."""
+        z = StratumLinear.apply(self.rows, p.cols, p.genes, self.weight_cols, None, self.biases[0],
+                                self.child_weight, parts[0], None, None,
+                                self.gene_weight if p.genes is not None else None)
         return self.compact_finish(z.index_select(0, p.z_wild), z.index_select(0, p.z_entry), p.compact, B, act,
                                    norm_order, norm_type, training)
 

@@ -1,10 +1,11 @@
 """The stratum-parallel DCell: every stratum is one gather plus a few batched ops per shape bucket.
 
 Forward keeps all term outputs in one neuron-major activation buffer [rows, B] (layout in plan.py). Stratum s
-reads its whole input with one index_select per bucket and input part (`ReadStratum`, reads.py; a bucket's children part
-and gene part are read separately, and the gene part is marked non-differentiable unless the gene region needs a
-gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes that need no
-gradient the gene part is not read at all: the gene columns are applied from the nonzero genotype entries).
+reads its whole input with one index_select per input kind (`ReadStratum`, reads.py: the children inputs of all its
+buckets in one gather, the gene inputs in another; the gene read is marked non-differentiable unless the gene
+region needs a gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes
+that need no gradient the gene inputs are not read at all: the gene columns are applied from the nonzero genotype
+entries), and backward scatters each read's gradient with one index_add_.
 `StratumLinear` (stratum_ops.py) runs the first linear layer of all its buckets as padded batched matmuls into one
 [R_s, B] tensor, activation and batch norm run on that tensor once per stratum, the stratum's output is copied
 into the buffer for the strata above, and the next stratum's read also computes this stratum's heads. No Python
@@ -241,11 +242,12 @@ class StratumDCell(nn.Module):
             if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
                 readers.append(s)
             tensors = (*sources, *(below.head_params() if below is not None else ()))
-            gathers = (tuple(r for r in layout.reads if r is not None) if layout is not None
+            gathers = ((layout.read,) if layout is not None
                        else stratum.gathers(genes) if stratum is not None else ())
-            parts = ReadStratum.apply(buf, gathers,
-                                       tuple(g for _, g in stratum.read_parts(genes)) if stratum is not None else (),
-                                       genes_need_grad, state, s, spans, below, len(sources), *tensors)
+            groups = ((False,) if layout is not None else
+                      tuple(stratum.read_groups(genes)) if stratum is not None else ())
+            parts = ReadStratum.apply(buf, gathers, layout is not None, groups, genes_need_grad, state, s, spans,
+                                      below, len(sources), *tensors)
             if below is not None:
                 heads.append(parts[-1])  # [T, B] of the stratum below, bucket-slot order
                 parts = parts[:-1]
@@ -271,7 +273,7 @@ class StratumDCell(nn.Module):
                 below = None  # its heads are done
             else:
                 v0 = None
-                h = stratum.first_layer(stratum.bucket_inputs(parts, B, genes), B, entries[s])
+                h = stratum.first_layer(parts, B, genes, entries[s])
                 for k in range(self.cfg.subsystem_layers):
                     if k:
                         h = stratum.next_layer(h, k)
