@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from dcell_core.nn.oracle import OracleDCell
+from dcell_core.nn.stratum import block_view
 from dcell_core.nn.stratum_dcell import StratumDCell
 
 
@@ -29,7 +30,7 @@ def take(tensor: torch.Tensor, index: tuple) -> torch.Tensor:
         return tensor[offset: offset + rows * cols].view(cols, rows).t()
     if index and index[0] == "block":
         _, offset, shape, inner = index
-        return tensor[offset: offset + int(torch.Size(shape).numel())].view(shape)[inner]
+        return block_view(tensor, offset, shape)[inner]
     return tensor[index]
 
 

@@ -46,7 +46,10 @@ class Stratum(nn.Module):
                     offset += L * G
             pad_base += bucket.n * bucket.w_max * bucket.g_max
         self.gene_pad_size = sum(b.n * b.w_max * b.g_max for b in buckets)
-        self.gene_cols = tuple(b.g_max for b in buckets)  # the first layer's gene columns per bucket (dense path)
+        # weight columns per bucket: the first layer's children and (dense path) gene columns, the extra layers'
+        self.weight_cols = tuple(b.c_max for b in buckets)
+        self.gene_cols = tuple(b.g_max for b in buckets)
+        self.layer_cols = tuple(b.w_max for b in buckets)
         self._flat_parameters(layers, norm_type)
         self.gene_weight = nn.Parameter(torch.zeros(offset)) if offset else None
         if offset:
@@ -84,15 +87,13 @@ class Stratum(nn.Module):
                                             for _ in range(layers * has_affine))
         self.head_weight = nn.Parameter(torch.zeros(self.num_rows))
         self.head_bias = nn.Parameter(torch.zeros(sum(b.n for b in self.buckets)))
-        self.weight_cols = tuple(b.c_max for b in self.buckets)  # the first layer's children columns per bucket
         self.register_state_dict_post_hook(_stored_form)
         self.register_load_state_dict_pre_hook(_from_stored_form)
 
     def block(self, q: int, name: str, flat: torch.Tensor | None = None) -> torch.Tensor:
         """Bucket q's padded block of parameter kind `name` (a view of `flat`, by default the parameter)."""
         offset, shape = self.blocks[q][name]
-        flat = self.get_parameter(name) if flat is None else flat
-        return flat[offset: offset + int(np.prod(shape))].view(shape)
+        return block_view(self.get_parameter(name) if flat is None else flat, offset, shape)
 
     @torch.no_grad()
     def reset_buckets(self, init_range: float) -> None:
@@ -151,7 +152,7 @@ class Stratum(nn.Module):
 
     def next_layer(self, o: torch.Tensor, k: int) -> torch.Tensor:
         """Extra subsystem layer k >= 1 of every term: W_k O + b_k -> [R_s, B]."""
-        return StratumLinear.apply(self.rows, o.shape[1], None, tuple(b.w_max for b in self.buckets), None,
+        return StratumLinear.apply(self.rows, o.shape[1], None, self.layer_cols, None,
                                    self.biases[k], self.layer_weights[k - 1], o, None, None, None)
 
     def head_params(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +240,11 @@ class Stratum(nn.Module):
         out = F.batch_norm(h.view(1, *h.shape), getattr(self, f"running_mean_{k}"), getattr(self, f"running_var_{k}"),
                            gain, shift, training, BN_MOMENTUM, NORM_EPS)
         return out.view(h.shape)
+
+
+def block_view(flat: torch.Tensor, offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The block of `shape` stored at `offset` of a flat tensor (a view)."""
+    return flat[offset: offset + int(np.prod(shape))].view(shape)
 
 
 def _stored_form(module: Stratum, state_dict: dict, prefix: str, local_metadata) -> None:
