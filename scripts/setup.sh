@@ -34,10 +34,22 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
         echo "warning: apt-get could not install chromium; the browser tests will skip" >&2
 fi
 
+# The model's C++ ops (dcell_core/nn/native.py) need a C++ compiler and ninja: installed when missing and this runs
+# as root with apt (Debian); then built once per source and torch build (cached in ~/.cache/dcell/extensions, or
+# $DCELL_EXTENSIONS_DIR), so that the first model a test or a Ray worker builds does not compile them.
+native_ops() {
+    if ! { command -v c++ && command -v ninja; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &&
+        command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ ninja-build >/dev/null
+    fi
+    "$VENV/bin/python" -c "from dcell_core.nn.native import ops; ops()"
+}
+
 stamp="$VENV/.dcell-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     platform_pth
+    native_ops
     exit 0
 fi
 
@@ -60,6 +72,7 @@ fi
 $PIP install -e ".[dev]"
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 platform_pth
+native_ops
 root=$PWD
 (cd / && "$root/$VENV/bin/python" -m platform.doctor --help >/dev/null)  # the CLIs resolve outside the repo root
 echo "$want" > "$stamp"

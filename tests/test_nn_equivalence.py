@@ -210,7 +210,7 @@ def test_sparse_gene_path_reads_no_gene_inputs():
 
 
 def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
-    """Only the children inputs scatter their gradient into the buffer (one index_add_ per stratum); the gene inputs
+    """Only the children inputs scatter their gradient into the buffer (one row add per stratum); the gene inputs
     add none unless the gene region needs a gradient (learnable embeddings, or genotypes requiring grad)."""
     h = hand_hierarchy()
     torch.manual_seed(0)
@@ -219,7 +219,7 @@ def test_gene_inputs_get_no_scattered_gradient_when_genes_need_none():
         parts = [is_gene for st in fast.strata for is_gene in st.groups]
         x, y = genotypes(h.num_genes, 4, seed=0)
         x.requires_grad_(genotype_grad)
-        with OpCounter(torch.ops.aten.index_add_.default, rows=fast.buffer_rows(len(x))) as counter:
+        with OpCounter(torch.ops.dcell.rows_add_.default, rows=fast.buffer_rows(len(x))) as counter:
             dcell_loss(fast(x), y, LossConfig())[0].backward()
         genes_need_grad = genotype_grad or model_kw.get("learnable_embedding_dim", 0) > 0
         children = sum(not g for g in parts)

@@ -13,6 +13,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from dcell_core.nn.common import flat_add_
+from dcell_core.nn.stratum import rows_add_
 from dcell_core.nn.stratum_ops import heads_backward, heads_forward
 
 
@@ -72,9 +73,9 @@ class BackwardState:
 
 class ReadStratum(torch.autograd.Function):
     """Gather the inputs of one stratum from the activation buffer, one tensor per input kind in the order of
-    `gathers`: the children inputs of all buckets [sum n * c_max, B], the gene inputs [sum n * g_max, B] (with
-    `flat_reads`, each index holds flat buffer positions instead of rows and the result is 1-D: see
-    perturbed.py); then, when `below` (the stratum whose output is `sources[0]`) is given, that stratum's heads
+    `gathers` (`RowRead`s, stratum.py): the children inputs of all buckets [sum n * c_max, B], the gene inputs
+    [sum n * g_max, B] (with `flat_reads`, `gathers` are index tensors of flat buffer positions instead and the
+    results are 1-D: see perturbed.py); then, when `below` (the stratum whose output is `sources[0]`) is given, that stratum's heads
     [T, B]. The heads live here so that backward adds their input gradient in place into the shared gradient
     buffer before handing the rows back: the stratum output's gradient arrives whole, with no separate sum of
     two [R_s, B] gradients."""
@@ -88,8 +89,8 @@ class ReadStratum(torch.autograd.Function):
         ctx.gathers, ctx.state, ctx.stratum, ctx.spans, ctx.below = gathers, state, stratum, spans, below
         ctx.n_sources, ctx.flat_reads = n_sources, flat_reads
         ctx.set_materialize_grads(False)  # an input that gets no gradient adds nothing
-        src = buf.view(-1) if flat_reads else buf
-        out = tuple(src.index_select(0, index) for index in gathers)
+        out = (tuple(buf.view(-1).index_select(0, index) for index in gathers) if flat_reads
+               else tuple(buf.index_select(0, read.index) for read in gathers))
         if not genes_need_grad:
             ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
         if below is None:
@@ -110,7 +111,7 @@ class ReadStratum(torch.autograd.Function):
             if ctx.flat_reads:
                 flat_add_(state.grad_buf.view(-1), index, grad)
             else:
-                state.grad_buf.index_add_(0, index, grad)
+                rows_add_(state.grad_buf, index, grad)
         needs = ctx.needs_input_grad[10:]
         head_grads: list = []
         if ctx.below is not None:

@@ -2,6 +2,8 @@
 the whole-stratum computations (first layer, extra layers, norms, stratum 0's compact form)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,40 @@ from torch import nn
 from dcell_core.nn.buckets import TermBucket
 from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, TermSizes
 from dcell_core.nn.compact import Compact
+from dcell_core.nn.native import ops
 from dcell_core.nn.plan import BucketPlan
 from dcell_core.nn.stratum_ops import BucketRows, StratumLinear
+
+
+class RowRead(NamedTuple):
+    """A gather of buffer rows (`index`) and its gradient's plan: the positions of `index` grouped by the row they
+    read (`order`; the distinct rows `dest`, ascending, and where each one's positions start, `ptr`), padding reads
+    of the zero row left out (its gradient is never read). See `rows_add_`."""
+    index: torch.Tensor
+    order: torch.Tensor
+    dest: torch.Tensor
+    ptr: torch.Tensor
+
+
+def row_read(index: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The `RowRead` fields of a gather of rows `index` (row 0: the zero row, padding)."""
+    index = index.astype(np.int64)
+    kept = np.flatnonzero(index != 0)
+    order = kept[np.argsort(index[kept], kind="stable")]
+    dest, counts = np.unique(index[order], return_counts=True)
+    return index, order.astype(np.int64), dest.astype(np.int64), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def rows_add_(target: torch.Tensor, read: RowRead, src: torch.Tensor) -> None:
+    """target[read.index[i]] += src[i] for every row i of src [M, B] (target [N, B]), except the padding reads of
+    the zero row. On the CPU one destination row per thread (the C++ `rows_add_`, deterministic; `index_add_` runs
+    as a scatter parallel over the B columns only, several times slower than the gather at small B); index_add_
+    elsewhere."""
+    if target.device.type == "cpu":
+        ops()  # registers torch.ops.dcell
+        torch.ops.dcell.rows_add_(target, src.contiguous(), read.order, read.dest, read.ptr)
+    else:
+        target.index_add_(0, read.index, src)
 
 
 class Stratum(nn.Module):
@@ -24,8 +58,9 @@ class Stratum(nn.Module):
         for is_gene in (False, True):
             parts = [p.gene_gather if is_gene else p.child_gather for p in plans]
             if any(part.size for part in parts):
-                self.register_buffer("gather_genes" if is_gene else "gather_children",
-                                     torch.from_numpy(np.concatenate(parts)), persistent=False)
+                kind = "genes" if is_gene else "children"
+                for name, v in zip(RowRead._fields, row_read(np.concatenate(parts))):
+                    self.register_buffer(f"read_{kind}_{name}", torch.from_numpy(v), persistent=False)
                 self.groups.append(is_gene)
         self.buckets = nn.ModuleList(buckets)
         self.row_start = plans[0].row_offset  # first buffer row of this stratum's outputs
@@ -123,8 +158,9 @@ class Stratum(nn.Module):
         """The input kinds to read (is gene, in read order): all, or only the children inputs."""
         return [g for g in self.groups if genes or not g]
 
-    def gathers(self, genes: bool) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, "gather_genes" if g else "gather_children") for g in self.read_groups(genes))
+    def gathers(self, genes: bool) -> tuple[RowRead, ...]:
+        return tuple(RowRead(*(getattr(self, f"read_{'genes' if g else 'children'}_{name}") for name in RowRead._fields))
+                     for g in self.read_groups(genes))
 
     def views(self, h: torch.Tensor) -> list[torch.Tensor]:
         """The [n, w_max, B] block of every bucket in a stratum tensor [R_s, B]."""

@@ -39,6 +39,7 @@ from dcell_core.nn.common import (DCellOutput, TermSizes, activation_fn, check_g
                                   ragged_steps)
 from dcell_core.nn.compact import Compact, ExpandIntoBuffer, ExpandScatter, compact_entries
 from dcell_core.nn.config import ModelConfig
+from dcell_core.nn.native import ops
 from dcell_core.nn.perturbed import PerturbationLayout
 from dcell_core.nn.plan import build_plan
 from dcell_core.nn.reads import BackwardState, ReadStratum, Workspace
@@ -56,6 +57,7 @@ class StratumDCell(nn.Module):
     def __init__(self, sizes: TermSizes, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
+        ops()  # the C++ loops (native.py): built now if this machine has not built them yet
         self.sizes, self.cfg = sizes, cfg
         # the gene region is the genotype itself, one row per gene: the sparse gene path applies
         self.binary_genes = cfg.learnable_embedding_dim == 0 and cfg.num_attention_heads == 0

@@ -1,0 +1,270 @@
+// Per-bucket loops of the stratum-parallel model's custom autograd functions (dcell_core/nn/stratum_ops.py).
+//
+// A stratum runs one batched matmul per shape bucket, each into a slice of one whole-stratum tensor. Written in
+// Python, every bucket costs several microseconds of slicing, viewing and dispatch per op; here the same ATen
+// calls run in one loop per stratum. Every function computes exactly what the loop it replaces computed (the same
+// ATen ops on the same views, in the same order), so outputs and gradients are bitwise those of the Python loops.
+// Only ATen ops are called: the functions run on any device and dtype ATen supports.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Opt = c10::optional<at::Tensor>;
+using Ints = std::vector<int64_t>;
+
+// Bucket q of a stratum: n terms, w rows each (w_max), k weight columns, g dense gene columns, c batch columns,
+// first row `start` in the stratum tensor.
+struct Buckets {
+  const Ints &n, &w, &k, &g, &c, &start;
+  size_t size() const { return n.size(); }
+};
+
+Ints offsets(size_t count, const std::function<int64_t(size_t)>& size) {
+  Ints out(count + 1, 0);
+  for (size_t q = 0; q < count; ++q) out[q + 1] = out[q] + size(q);
+  return out;
+}
+
+struct Layout {
+  Ints out, weight, inp, dense_w, dense_inp;
+  explicit Layout(const Buckets& b) {
+    size_t m = b.size();
+    out = offsets(m, [&](size_t q) { return b.n[q] * b.w[q] * b.c[q]; });
+    weight = offsets(m, [&](size_t q) { return b.n[q] * b.w[q] * b.k[q]; });
+    inp = offsets(m, [&](size_t q) { return b.n[q] * b.k[q] * b.c[q]; });
+    dense_w = offsets(m, [&](size_t q) { return b.n[q] * b.w[q] * b.g[q]; });
+    dense_inp = offsets(m, [&](size_t q) { return b.n[q] * b.g[q] * b.c[q]; });
+  }
+};
+
+void check_size(const Opt& t, int64_t want, const char* name) {
+  int64_t have = t.has_value() ? t->numel() : 0;
+  TORCH_CHECK_VALUE(have == want, "StratumLinear: ", name, " has ", have, " elements, the buckets' blocks ", want);
+}
+
+void check_buckets(const Ints& n, const Ints& w, const Ints& k, const Ints& g, const Ints& c, const Ints& start) {
+  size_t m = n.size();
+  TORCH_CHECK_VALUE(w.size() == m && k.size() == m && g.size() == m && c.size() == m && start.size() == m,
+                    "StratumLinear: the bucket lists differ in length (n ", m, ", w ", w.size(), ", k ", k.size(),
+                    ", g ", g.size(), ", cols ", c.size(), ", start ", start.size(), ")");
+}
+
+// Bucket q's [n, rows, cols] block of a flat tensor whose blocks start at `off`.
+at::Tensor block(const at::Tensor& flat, const Ints& off, size_t q, int64_t n, int64_t rows, int64_t cols) {
+  return flat.narrow(0, off[q], off[q + 1] - off[q]).view({n, rows, cols});
+}
+
+}  // namespace
+
+// Forward of StratumLinear without the sparse gene columns: the flat output, bucket q's [n, w, c] block after
+// the blocks before it; H_q = bias_q + weight_q @ inp_q (+ dense_w_q @ dense_inp_q). All tensors flat.
+at::Tensor linear_forward(const at::Tensor& bias, const Opt& weight, const Opt& inp, const Opt& dense_w,
+                          const Opt& dense_inp, const Ints& n, const Ints& w, const Ints& k, const Ints& g,
+                          const Ints& c, const Ints& start) {
+  check_buckets(n, w, k, g, c, start);
+  Buckets b{n, w, k, g, c, start};
+  Layout lay(b);
+  check_size(weight, lay.weight.back(), "weight");
+  check_size(inp, lay.inp.back(), "inp");
+  check_size(dense_w, lay.dense_w.back(), "dense_w");
+  check_size(dense_inp, lay.dense_inp.back(), "dense_inp");
+  at::Tensor out = at::empty({lay.out.back()}, bias.options());
+  for (size_t q = 0; q < b.size(); ++q) {
+    at::Tensor h = block(out, lay.out, q, n[q], w[q], c[q]);
+    at::Tensor bias_q = bias.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], 1});
+    if (k[q]) {
+      at::baddbmm_out(h, bias_q, block(*weight, lay.weight, q, n[q], w[q], k[q]),
+                      block(*inp, lay.inp, q, n[q], k[q], c[q]));
+    } else {
+      h.copy_(bias_q.expand({n[q], w[q], c[q]}));
+    }
+    if (g[q]) {
+      h.baddbmm_(block(*dense_w, lay.dense_w, q, n[q], w[q], g[q]),
+                 block(*dense_inp, lay.dense_inp, q, n[q], g[q], c[q]));
+    }
+  }
+  return out;
+}
+
+// Backward of linear_forward: [bias, weight, inp, dense_w, dense_inp] gradients, flat (None where not needed).
+// `uniform`: every bucket has the same batch columns, so the output is [R_s, B] and the bias gradient is one
+// row sum.
+std::vector<Opt> linear_backward(const at::Tensor& grad, const Opt& weight, const Opt& inp, const Opt& dense_w,
+                                 const Opt& dense_inp, const Ints& n, const Ints& w, const Ints& k, const Ints& g,
+                                 const Ints& c, const Ints& start, bool uniform, std::vector<bool> needs) {
+  check_buckets(n, w, k, g, c, start);
+  TORCH_CHECK_VALUE(needs.size() == 5, "StratumLinear backward: 5 needs flags, got ", needs.size());
+  Buckets b{n, w, k, g, c, start};
+  Layout lay(b);
+  TORCH_CHECK_VALUE(grad.numel() == lay.out.back(), "StratumLinear backward: the gradient has ", grad.numel(),
+                    " elements, the output ", lay.out.back());
+  int64_t num_rows = 0;
+  for (size_t q = 0; q < b.size(); ++q) num_rows += n[q] * w[q];
+  std::vector<Opt> out(5);
+  const Ints* sizes[4] = {&lay.weight, &lay.inp, &lay.dense_w, &lay.dense_inp};
+  for (int i = 0; i < 4; ++i) {
+    if (needs[i + 1]) out[i + 1] = at::empty({sizes[i]->back()}, grad.options());
+  }
+  if (needs[0] && uniform) {
+    int64_t batch = num_rows ? grad.numel() / num_rows : 0;
+    out[0] = grad.view({num_rows, batch}).sum(1);
+  } else if (needs[0]) {
+    out[0] = at::empty({num_rows}, grad.options());
+  }
+  for (size_t q = 0; q < b.size(); ++q) {
+    at::Tensor gq = block(grad, lay.out, q, n[q], w[q], c[q]);
+    if (needs[0] && !uniform) {
+      at::Tensor target = out[0]->narrow(0, start[q], n[q] * w[q]).view({n[q], w[q]});
+      at::sum_out(target, gq, {-1});
+    }
+    for (int i = 0; i < 2; ++i) {
+      int64_t cols = i == 0 ? k[q] : g[q];
+      if (!cols) continue;
+      const Opt& w_t = i == 0 ? weight : dense_w;
+      const Opt& i_t = i == 0 ? inp : dense_inp;
+      const Ints& w_off = i == 0 ? lay.weight : lay.dense_w;
+      const Ints& i_off = i == 0 ? lay.inp : lay.dense_inp;
+      if (out[2 * i + 1].has_value()) {
+        at::Tensor dst = block(*out[2 * i + 1], w_off, q, n[q], w[q], cols);
+        at::bmm_out(dst, gq, block(*i_t, i_off, q, n[q], cols, c[q]).transpose(1, 2));
+      }
+      if (out[2 * i + 2].has_value()) {
+        at::Tensor dst = block(*out[2 * i + 2], i_off, q, n[q], cols, c[q]);
+        at::bmm_out(dst, block(*w_t, w_off, q, n[q], w[q], cols).transpose(1, 2), gq);
+      }
+    }
+  }
+  return out;
+}
+
+// Heads of every term of a stratum, [T_s, B] in bucket-slot order: head_bias + head_weight @ O_t, from the stratum
+// output o [R_s, B]; bucket q's blocks of weight [R_s] and bias [T_s] are [n, 1, w] and [n, 1, 1].
+at::Tensor heads_forward(const at::Tensor& o, const at::Tensor& weight, const at::Tensor& bias, const Ints& n,
+                         const Ints& w, const Ints& start) {
+  int64_t batch = o.size(1);
+  at::Tensor heads = at::empty({bias.numel(), batch}, o.options());
+  int64_t first = 0;
+  for (size_t q = 0; q < n.size(); ++q) {
+    at::Tensor dst = heads.narrow(0, first, n[q]).view({n[q], 1, batch});
+    at::baddbmm_out(dst, bias.narrow(0, first, n[q]).view({n[q], 1, 1}),
+                    weight.narrow(0, start[q], n[q] * w[q]).view({n[q], 1, w[q]}),
+                    o.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], batch}));
+    first += n[q];
+  }
+  return heads;
+}
+
+// Backward of heads_forward: adds the input gradient into `target` [R_s, B] in place (when given) and returns
+// the head weights' gradient [R_s] (when `needs_weight`).
+Opt heads_backward(const at::Tensor& o, const at::Tensor& weight, const at::Tensor& grad, const Opt& target,
+                   bool needs_weight, const Ints& n, const Ints& w, const Ints& start) {
+  int64_t batch = o.size(1);
+  Opt weight_grad;
+  if (needs_weight) weight_grad = at::empty({weight.numel()}, grad.options());
+  int64_t first = 0;
+  for (size_t q = 0; q < n.size(); ++q) {
+    at::Tensor gq = grad.narrow(0, first, n[q]).view({n[q], 1, batch});
+    first += n[q];
+    at::Tensor w_q = weight.narrow(0, start[q], n[q] * w[q]).view({n[q], 1, w[q]});
+    if (target.has_value()) {
+      at::Tensor t = target->narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], batch});
+      if (t.scalar_type() == grad.scalar_type()) {
+        t.baddbmm_(w_q.transpose(1, 2), gq);
+      } else {
+        t.add_(at::bmm(w_q.transpose(1, 2), gq));
+      }
+    }
+    if (needs_weight) {
+      at::Tensor dst = weight_grad->narrow(0, start[q], n[q] * w[q]).view({n[q], 1, w[q]});
+      at::bmm_out(dst, gq, o.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], batch}).transpose(1, 2));
+    }
+  }
+  return weight_grad;
+}
+
+// row[c] += add[c] for c < n: compiled for AVX-512, AVX2 and the baseline on x86-64, picked when the library
+// loads (the extension is built without -march flags, so that one build runs on every CPU of a cluster).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DCELL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DCELL_VECTOR_CLONES
+#endif
+
+DCELL_VECTOR_CLONES void add_row(float* __restrict row, const float* __restrict add, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) row[c] += add[c];
+}
+
+DCELL_VECTOR_CLONES void add_row(double* __restrict row, const double* __restrict add, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) row[c] += add[c];
+}
+
+template <typename T>
+void add_row(T* row, const T* add, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) row[c] += add[c];
+}
+
+// target[dest[u]] += sum of src[order[j]] for j in [ptr[u], ptr[u + 1]), rows of [N, B] and [M, B] tensors: the
+// gradient of a row gather whose index was grouped by destination once (order: the gather's positions sorted by
+// the row they read, dest: the distinct rows, ptr: where each row's positions start). Each destination row is
+// written by one thread, the positions added in the gather's order: deterministic, and parallel over rows, where
+// index_add_ of rows runs as a scatter parallel over the B columns only.
+void rows_add_(const at::Tensor& target, const at::Tensor& src, const at::Tensor& order, const at::Tensor& dest,
+               const at::Tensor& ptr) {
+  TORCH_CHECK_VALUE(target.device().is_cpu() && src.device().is_cpu(), "rows_add_: CPU tensors only");
+  TORCH_CHECK_VALUE(target.dim() == 2 && src.dim() == 2 && target.size(1) == src.size(1),
+                    "rows_add_: target ", target.sizes(), " and src ", src.sizes(), " must be [N, B] and [M, B]");
+  TORCH_CHECK_VALUE(target.is_contiguous() && src.is_contiguous(), "rows_add_: target and src must be contiguous");
+  TORCH_CHECK_VALUE(target.scalar_type() == src.scalar_type(), "rows_add_: target is ", target.scalar_type(),
+                    ", src ", src.scalar_type());
+  for (const at::Tensor* t : {&order, &dest, &ptr}) {
+    TORCH_CHECK_VALUE(t->scalar_type() == at::kLong && t->is_contiguous() && t->dim() == 1 && t->device().is_cpu(),
+                      "rows_add_: order, dest and ptr must be contiguous int64 CPU vectors");
+  }
+  int64_t rows = dest.numel(), batch = target.size(1);
+  TORCH_CHECK_VALUE(ptr.numel() == rows + 1, "rows_add_: ptr has ", ptr.numel(), " entries for ", rows, " rows");
+  const int64_t* o = order.data_ptr<int64_t>();
+  const int64_t* d = dest.data_ptr<int64_t>();
+  const int64_t* p = ptr.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(rows == 0 || (d[0] >= 0 && d[rows - 1] < target.size(0)),
+                    "rows_add_: dest (ascending) must lie in the target's ", target.size(0), " rows");
+  TORCH_CHECK_VALUE(p[0] == 0 && p[rows] == order.numel(), "rows_add_: ptr must run from 0 to the ", order.numel(),
+                    " positions of order");
+  int64_t m = src.size(0);
+  int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(batch, 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "rows_add_", [&] {
+    scalar_t* t = target.data_ptr<scalar_t>();
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        scalar_t* row = t + d[u] * batch;
+        for (int64_t j = p[u]; j < p[u + 1]; ++j) {
+          TORCH_CHECK_INDEX(o[j] >= 0 && o[j] < m, "rows_add_: position ", o[j], " outside src's ", m, " rows");
+          const scalar_t* add = s + o[j] * batch;
+          add_row(row, add, batch);
+        }
+      }
+    });
+  });
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("linear_forward", &linear_forward);
+  m.def("linear_backward", &linear_backward);
+  m.def("heads_forward", &heads_forward);
+  m.def("heads_backward", &heads_backward);
+}
+
+// rows_add_ as a dispatcher op (torch.ops.dcell.rows_add_): visible to the profiler and to dispatch modes like
+// every ATen op the other functions call.
+TORCH_LIBRARY(dcell, m) {
+  m.def("rows_add_(Tensor(a!) target, Tensor src, Tensor order, Tensor dest, Tensor ptr) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(dcell, CPU, m) { m.impl("rows_add_", &rows_add_); }

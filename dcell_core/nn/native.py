@@ -1,0 +1,76 @@
+"""The stratum-parallel model's C++ loops (csrc/stratum_ops.cpp), compiled on first use and cached.
+
+`ops()` returns the compiled module. It is built with torch's extension builder (`torch.utils.cpp_extension`:
+the system's C++ compiler and ninja) into a folder named by a hash of the source, the torch build, the Python
+version and the flags, so a changed source or another torch never loads a stale library; once built it is
+imported directly, without running the builder. `scripts/setup.sh` builds it at install time; a machine that did not run it builds it on the first model it creates (about
+40 s; concurrent processes wait for one build, torch's builder holds a lock in the folder).
+
+Folder: `$DCELL_EXTENSIONS_DIR`, else `~/.cache/dcell/extensions`.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "stratum_ops.cpp"
+CFLAGS = ("-O3",)
+_lock = threading.Lock()
+_module: ModuleType | None = None
+
+
+def build_dir() -> Path:
+    root = os.environ.get("DCELL_EXTENSIONS_DIR") or Path.home() / ".cache" / "dcell" / "extensions"
+    return Path(root)
+
+
+def module_name() -> str:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(CFLAGS).encode()):
+        key.update(part)
+        key.update(b"\0")
+    return f"dcell_stratum_ops_{key.hexdigest()[:16]}"
+
+
+def _import(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(
+        name, str(path)))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ops() -> ModuleType:
+    """The compiled stratum ops, built first if this source has not been built here yet."""
+    global _module
+    if _module is not None:
+        return _module
+    with _lock:
+        if _module is None:
+            name = module_name()
+            folder = build_dir() / name
+            library = folder / f"{name}.so"
+            if library.is_file():
+                _module = _import(name, library)
+            else:
+                _module = _build(name, folder)
+    return _module
+
+
+def _build(name: str, folder: Path) -> ModuleType:
+    from torch.utils.cpp_extension import load  # imports setuptools: only when building
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return load(name, [str(SOURCE)], extra_cflags=list(CFLAGS), build_directory=str(folder), verbose=False)
+    except (RuntimeError, OSError) as e:
+        raise RuntimeError(f"building the model's C++ ops from {SOURCE} in {folder} failed (a C++ compiler and "
+                           f"ninja are needed; scripts/setup.sh installs them): {e}") from e
