@@ -4,6 +4,10 @@ checked against the per-term oracle through the whole model (tests/test_nn_equiv
 files)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -83,10 +87,27 @@ def test_build_cache_is_named_by_source_and_flags(tmp_path, monkeypatch):
     assert native.build_dir() == tmp_path / "cache"
 
 
-def test_a_failed_build_names_the_source_and_the_folder(tmp_path, monkeypatch):
+def test_a_failed_build_names_the_source_and_leaves_nothing(tmp_path, monkeypatch):
     broken = tmp_path / "broken.cpp"
     broken.write_text("#error this source does not compile\n")
     monkeypatch.setattr(native, "SOURCE", broken)
-    folder = tmp_path / "cache" / "dcell_broken"
-    with pytest.raises(RuntimeError, match=f"building the model's C\\+\\+ ops from {broken} in {folder} failed"):
-        native._build("dcell_broken", folder)
+    library = tmp_path / "cache" / "dcell_broken.so"
+    with pytest.raises(RuntimeError, match=f"(?s)building the model's C\\+\\+ ops from {broken} in "
+                                           f"{library.parent}/dcell_broken.build-.* failed.*this source does not compile"):
+        native._build("dcell_broken", library)
+    assert list(library.parent.iterdir()) == []  # no library, no build folder
+
+
+@pytest.mark.slow
+def test_a_fresh_cache_builds_the_library_in_place(tmp_path):
+    """What a machine that did not run scripts/setup.sh does on its first model: build into the cache, then
+    import from there (in a child process: this one has its library loaded already)."""
+    env = {**os.environ, "DCELL_EXTENSIONS_DIR": str(tmp_path)}
+    code = ("from dcell_core.nn import native; m = native.ops(); "
+            "print(m.__file__, all(hasattr(m, f) for f in ('linear_forward', 'linear_backward', 'heads_forward', "
+            "'heads_backward')))")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    path, complete = run.stdout.split()
+    assert complete == "True" and path == str(tmp_path / f"{native.module_name()}.so")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{native.module_name()}.so"]  # the build folder is gone

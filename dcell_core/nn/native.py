@@ -1,10 +1,11 @@
 """The stratum-parallel model's C++ loops (csrc/stratum_ops.cpp), compiled on first use and cached.
 
 `ops()` returns the compiled module. It is built with torch's extension builder (`torch.utils.cpp_extension`:
-the system's C++ compiler and ninja) into a folder named by a hash of the source, the torch build, the Python
+the system's C++ compiler and ninja) into a library named by a hash of the source, the torch build, the Python
 version and the flags, so a changed source or another torch never loads a stale library; once built it is
-imported directly, without running the builder. `scripts/setup.sh` builds it at install time; a machine that did not run it builds it on the first model it creates (about
-40 s; concurrent processes wait for one build, torch's builder holds a lock in the folder).
+imported directly, without running the builder. `scripts/setup.sh` builds it at install time; a machine that
+did not run it builds it on the first model it creates (about 40 s; the library is moved into place in one
+rename, so concurrent processes never read a partial one).
 
 Folder: `$DCELL_EXTENSIONS_DIR`, else `~/.cache/dcell/extensions`.
 """
@@ -14,6 +15,8 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -56,21 +59,29 @@ def ops() -> ModuleType:
     with _lock:
         if _module is None:
             name = module_name()
-            folder = build_dir() / name
-            library = folder / f"{name}.so"
-            if library.is_file():
-                _module = _import(name, library)
-            else:
-                _module = _build(name, folder)
+            library = build_dir() / f"{name}.so"
+            if not library.is_file():
+                _build(name, library)
+            _module = _import(name, library)
     return _module
 
 
-def _build(name: str, folder: Path) -> ModuleType:
-    from torch.utils.cpp_extension import load  # imports setuptools: only when building
-
-    folder.mkdir(parents=True, exist_ok=True)
+def _build(name: str, library: Path) -> None:
+    """Compile the source into a private folder beside `library` in a child process (torch's builder imports
+    what it built; this process imports the library once, from its final place), then move the library into
+    place with one rename: a reader sees the whole library or none, and concurrent builders each build and the
+    last rename wins (the same content)."""
+    work = library.parent / f"{name}.build-{os.getpid()}-{threading.get_ident()}"
+    work.mkdir(parents=True, exist_ok=True)
+    code = ("import sys, torch; from torch.utils.cpp_extension import load; "
+            "load(sys.argv[1], [sys.argv[2]], extra_cflags=sys.argv[4:], build_directory=sys.argv[3])")
     try:
-        return load(name, [str(SOURCE)], extra_cflags=list(CFLAGS), build_directory=str(folder), verbose=False)
-    except (RuntimeError, OSError) as e:
-        raise RuntimeError(f"building the model's C++ ops from {SOURCE} in {folder} failed (a C++ compiler and "
-                           f"ninja are needed; scripts/setup.sh installs them): {e}") from e
+        run = subprocess.run([sys.executable, "-c", code, name, str(SOURCE), str(work), *CFLAGS],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"building the model's C++ ops from {SOURCE} in {work} failed (a C++ compiler and "
+                               f"ninja are needed; scripts/setup.sh installs them):\n{run.stdout[-4000:]}"
+                               f"{run.stderr[-4000:]}")
+        os.replace(work / f"{name}.so", library)
+    finally:
+        shutil.rmtree(work)

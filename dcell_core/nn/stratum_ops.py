@@ -4,7 +4,9 @@ The buckets of a stratum write their outputs into one [R_s, B] tensor (rows of b
 in bucket order, as in the activation buffer), so the element-wise work after them (activation, batch norm, the
 copy into the activation buffer, the sparse gene columns) runs once per stratum instead of once per bucket, and
 backward hands one [R_s, B] gradient back without concatenating per-bucket pieces. Inside, each bucket is one
-batched matmul written in place (`out=`), and backward is the matmuls autograd would run for baddbmm.
+batched matmul written in place (`out=`), and backward is the matmuls autograd would run for baddbmm. The loops
+over buckets run in C++ (csrc/stratum_ops.cpp, native.py): the same ATen ops on the same views, without Python's
+cost per view and call.
 
 Under autocast the functions compute in the autocast dtype (matmuls are on autocast's lower-precision list) and
 autograd casts the returned gradients back to each input's dtype.
