@@ -111,3 +111,30 @@ def test_a_fresh_cache_builds_the_library_in_place(tmp_path):
     path, complete = run.stdout.split()
     assert complete == "True" and path == str(tmp_path / f"{native.module_name()}.so")
     assert [p.name for p in tmp_path.iterdir()] == [f"{native.module_name()}.so"]  # the build folder is gone
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [3, 32, 40])
+def test_heads_kernel_equals_the_per_bucket_matmuls(dtype, batch):
+    """The CPU heads kernel (contiguous float/double tensors) against the per-bucket batched matmuls, which run
+    for any other input (here: the same values in a transposed layout)."""
+    ops = native.ops()
+    n, w, start = [3, 1, 2], [4, 7, 2], [0, 12, 19]  # three buckets, 6 terms, 23 rows
+    rows, terms = 23, 6
+    gen = torch.Generator().manual_seed(batch)
+    o, g = (torch.randn(k, batch, dtype=dtype, generator=gen) for k in (rows, terms))
+    weight, bias = torch.randn(rows, dtype=dtype, generator=gen), torch.randn(terms, dtype=dtype, generator=gen)
+    strided = o.t().contiguous().t()  # same values, not contiguous: the matmul path
+    assert not strided.is_contiguous()
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ops.heads_forward(o, weight, bias, n, w, start),
+                               ops.heads_forward(strided, weight, bias, n, w, start), **tol)
+    start_target = torch.randn(rows, batch, dtype=dtype, generator=gen)
+    got_target, want_target = start_target.clone(), start_target.clone().t().contiguous().t()
+    got = ops.heads_backward(o, weight, g, got_target, True, n, w, start)
+    want = ops.heads_backward(strided, weight, g, want_target, True, n, w, start)
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got_target, want_target, **tol)
+    assert ops.heads_backward(o, weight, g, None, False, n, w, start) is None
+    with pytest.raises(ValueError, match="heads_forward: 5 head biases for 6 terms"):
+        ops.heads_forward(o, weight, bias[:5], n, w, start)

@@ -11,8 +11,18 @@
 
 #include <algorithm>
 #include <functional>
+#include <initializer_list>
+#include <utility>
 #include <string>
 #include <vector>
+
+// The element loops below are compiled for AVX-512, AVX2 and the baseline on x86-64, picked when the library
+// loads (the extension is built without -march flags, so that one build runs on every CPU of a cluster).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DCELL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DCELL_VECTOR_CLONES
+#endif
 
 namespace {
 
@@ -144,12 +154,84 @@ std::vector<Opt> linear_backward(const at::Tensor& grad, const Opt& weight, cons
   return out;
 }
 
+// y[c] += a * x[c] and the dot product of x and y, for c < n (the heads' kernels below).
+DCELL_VECTOR_CLONES void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+DCELL_VECTOR_CLONES void axpy(double* __restrict y, double a, const double* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+// Sixteen partial sums, one per lane (independent, so the loop vectorizes without reordering any sum), added in
+// lane order at the end.
+template <typename T>
+DCELL_VECTOR_CLONES T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
+  T part[16] = {};
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    for (int j = 0; j < 16; ++j) part[j] += x[c + j] * y[c + j];
+  }
+  for (; c < n; ++c) part[c % 16] += x[c] * y[c];
+  T sum = 0;
+  for (int j = 0; j < 16; ++j) sum += part[j];
+  return sum;
+}
+
+// The heads' kernels on the CPU for float and double, contiguous tensors of one dtype: one task per term,
+// each reading its rows of o once (forward: the head as a sum of rows weighted by the head weights; backward:
+// every row's input gradient and head-weight gradient in one pass). Elsewhere the per-bucket matmuls below.
+bool heads_kernel(std::initializer_list<const at::Tensor*> tensors) {
+  at::ScalarType dtype = (*tensors.begin())->scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return false;
+  for (const at::Tensor* t : tensors) {
+    if (!t->device().is_cpu() || t->scalar_type() != dtype || !t->is_contiguous()) return false;
+  }
+  return true;
+}
+
+// Per term of a stratum (bucket-slot order): its first row and its width (w_max of its bucket).
+std::pair<Ints, Ints> term_rows(const Ints& n, const Ints& w, const Ints& start) {
+  Ints row, width;
+  for (size_t q = 0; q < n.size(); ++q) {
+    for (int64_t j = 0; j < n[q]; ++j) {
+      row.push_back(start[q] + j * w[q]);
+      width.push_back(w[q]);
+    }
+  }
+  return {row, width};
+}
+
+int64_t term_grain(int64_t batch) { return std::max<int64_t>(1, (int64_t{1} << 12) / std::max<int64_t>(batch, 1)); }
+
 // Heads of every term of a stratum, [T_s, B] in bucket-slot order: head_bias + head_weight @ O_t, from the stratum
 // output o [R_s, B]; bucket q's blocks of weight [R_s] and bias [T_s] are [n, 1, w] and [n, 1, 1].
 at::Tensor heads_forward(const at::Tensor& o, const at::Tensor& weight, const at::Tensor& bias, const Ints& n,
                          const Ints& w, const Ints& start) {
   int64_t batch = o.size(1);
   at::Tensor heads = at::empty({bias.numel(), batch}, o.options());
+  if (heads_kernel({&o, &weight, &bias})) {
+    auto [row, width] = term_rows(n, w, start);
+    TORCH_CHECK_VALUE(int64_t(row.size()) == bias.numel(), "heads_forward: ", bias.numel(), " head biases for ",
+                      row.size(), " terms");
+    AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "heads_forward", [&] {
+      const scalar_t* op = o.data_ptr<scalar_t>();
+      const scalar_t* wp = weight.data_ptr<scalar_t>();
+      const scalar_t* bp = bias.data_ptr<scalar_t>();
+      scalar_t* hp = heads.data_ptr<scalar_t>();
+      at::parallel_for(0, int64_t(row.size()), term_grain(batch), [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          scalar_t* h = hp + t * batch;
+          for (int64_t c = 0; c < batch; ++c) h[c] = bp[t];
+          for (int64_t i = 0; i < width[t]; ++i) {
+            int64_t r = row[t] + i;
+            axpy(h, wp[r], op + r * batch, batch);
+          }
+        }
+      });
+    });
+    return heads;
+  }
   int64_t first = 0;
   for (size_t q = 0; q < n.size(); ++q) {
     at::Tensor dst = heads.narrow(0, first, n[q]).view({n[q], 1, batch});
@@ -168,6 +250,29 @@ Opt heads_backward(const at::Tensor& o, const at::Tensor& weight, const at::Tens
   int64_t batch = o.size(1);
   Opt weight_grad;
   if (needs_weight) weight_grad = at::empty({weight.numel()}, grad.options());
+  if (target.has_value() ? heads_kernel({&o, &weight, &grad, &*target}) : heads_kernel({&o, &weight, &grad})) {
+    auto [row, width] = term_rows(n, w, start);
+    TORCH_CHECK_VALUE(int64_t(row.size()) == grad.size(0), "heads_backward: ", grad.size(0), " head gradients for ",
+                      row.size(), " terms");
+    AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "heads_backward", [&] {
+      const scalar_t* op = o.data_ptr<scalar_t>();
+      const scalar_t* wp = weight.data_ptr<scalar_t>();
+      const scalar_t* gp = grad.data_ptr<scalar_t>();
+      scalar_t* tp = target.has_value() ? target->data_ptr<scalar_t>() : nullptr;
+      scalar_t* wg = needs_weight ? weight_grad->data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, int64_t(row.size()), term_grain(batch), [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const scalar_t* g = gp + t * batch;
+          for (int64_t i = 0; i < width[t]; ++i) {
+            int64_t r = row[t] + i;
+            if (wg) wg[r] = dot(g, op + r * batch, batch);
+            if (tp) axpy(tp + r * batch, wp[r], g, batch);
+          }
+        }
+      });
+    });
+    return weight_grad;
+  }
   int64_t first = 0;
   for (size_t q = 0; q < n.size(); ++q) {
     at::Tensor gq = grad.narrow(0, first, n[q]).view({n[q], 1, batch});
@@ -189,13 +294,7 @@ Opt heads_backward(const at::Tensor& o, const at::Tensor& weight, const at::Tens
   return weight_grad;
 }
 
-// row[c] += add[c] for c < n: compiled for AVX-512, AVX2 and the baseline on x86-64, picked when the library
-// loads (the extension is built without -march flags, so that one build runs on every CPU of a cluster).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DCELL_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DCELL_VECTOR_CLONES
-#endif
+// row[c] += add[c] for c < n (the row-gather gradient below).
 
 DCELL_VECTOR_CLONES void add_row(float* __restrict row, const float* __restrict add, int64_t n) {
   for (int64_t c = 0; c < n; ++c) row[c] += add[c];
