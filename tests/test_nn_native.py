@@ -92,8 +92,9 @@ def test_a_failed_build_names_the_source_and_leaves_nothing(tmp_path, monkeypatc
     broken.write_text("#error this source does not compile\n")
     monkeypatch.setattr(native, "SOURCE", broken)
     library = tmp_path / "cache" / "dcell_broken.so"
-    with pytest.raises(RuntimeError, match=f"(?s)building the model's C\\+\\+ ops from {broken} in "
-                                           f"{library.parent}/dcell_broken.build-.* failed.*this source does not compile"):
+    message = (f"(?s)building the model's C\\+\\+ ops from {broken} in {library.parent}/dcell_broken.build-.* "
+               f"failed.*this source does not compile")
+    with pytest.raises(RuntimeError, match=message):
         native._build("dcell_broken", library)
     assert list(library.parent.iterdir()) == []  # no library, no build folder
 

@@ -33,7 +33,8 @@ def row_read(index: np.ndarray) -> tuple[np.ndarray, ...]:
     kept = np.flatnonzero(index != 0)
     order = kept[np.argsort(index[kept], kind="stable")]
     dest, counts = np.unique(index[order], return_counts=True)
-    return index, order.astype(np.int64), dest.astype(np.int64), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    return index, order.astype(np.int64), dest.astype(np.int64), ptr.astype(np.int64)
 
 
 def rows_add_(target: torch.Tensor, read: RowRead, src: torch.Tensor) -> None:
@@ -159,8 +160,8 @@ class Stratum(nn.Module):
         return [g for g in self.groups if genes or not g]
 
     def gathers(self, genes: bool) -> tuple[RowRead, ...]:
-        return tuple(RowRead(*(getattr(self, f"read_{'genes' if g else 'children'}_{name}") for name in RowRead._fields))
-                     for g in self.read_groups(genes))
+        kinds = ("genes" if g else "children" for g in self.read_groups(genes))
+        return tuple(RowRead(*(getattr(self, f"read_{kind}_{name}") for name in RowRead._fields)) for kind in kinds)
 
     def views(self, h: torch.Tensor) -> list[torch.Tensor]:
         """The [n, w_max, B] block of every bucket in a stratum tensor [R_s, B]."""
