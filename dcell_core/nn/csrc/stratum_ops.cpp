@@ -1,10 +1,10 @@
-// Per-bucket loops of the stratum-parallel model's custom autograd functions (dcell_core/nn/stratum_ops.py).
-//
-// A stratum runs one batched matmul per shape bucket, each into a slice of one whole-stratum tensor. Written in
-// Python, every bucket costs several microseconds of slicing, viewing and dispatch per op; here the same ATen
-// calls run in one loop per stratum. Every function computes exactly what the loop it replaces computed (the same
-// ATen ops on the same views, in the same order), so outputs and gradients are bitwise those of the Python loops.
-// Only ATen ops are called: the functions run on any device and dtype ATen supports.
+// The stratum-parallel model's C++ pieces (built and loaded by dcell_core/nn/native.py):
+// - the per-bucket loops of StratumLinear and of the heads (dcell_core/nn/stratum_ops.py). A stratum runs one
+//   batched matmul per shape bucket, each into a slice of one whole-stratum tensor; written in Python, every bucket
+//   cost several microseconds of slicing, viewing and dispatch per op. These loops call the same ATen ops on the
+//   same views in the same order, so their results are those of the Python loops, on any device and dtype;
+// - CPU kernels: the heads for contiguous float and double tensors (one task per term, each row read once per
+//   pass), and rows_add_ (torch.ops.dcell.rows_add_), the gradient of a row gather, one thread per destination row.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
