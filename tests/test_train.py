@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dcell_core.config import compose
+from dcell_core.nn import native
 from dcell_core.train.checkpoint import load_checkpoint_files
 from dcell_core.train.loop import NonFiniteLossError, train
 from helpers import run_python
@@ -179,7 +180,9 @@ def test_precise_batch_norm_is_the_mean_over_every_training_batch(cache_env):
 
 
 def test_train_cli(tmp_path):
-    env = {"DCELL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # a home of its own; the model's C++ ops from the cache scripts/setup.sh built (not rebuilt for this home)
+    env = {"DCELL_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "DCELL_EXTENSIONS_DIR": str(native.build_dir())}
     args = ["-m", "dcell_core.train", *SMALL[:3], "train.epochs=2", "--output-dir", str(tmp_path / "r")]
     r = run_python(*args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
