@@ -154,12 +154,18 @@ std::vector<Opt> linear_backward(const at::Tensor& grad, const Opt& weight, cons
   return out;
 }
 
-// y[c] += a * x[c] and the dot product of x and y, for c < n (the heads' kernels below).
+// y[c] += a * x[c] (the heads' kernels and, with a = 1, exactly y[c] += x[c], the row-gather gradient) and the
+// dot product of x and y, for c < n. Half and bfloat16 (the row-gather gradient only) take the plain loop.
 DCELL_VECTOR_CLONES void axpy(float* __restrict y, float a, const float* __restrict x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
 DCELL_VECTOR_CLONES void axpy(double* __restrict y, double a, const double* __restrict x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+template <typename T>
+void axpy(T* y, T a, const T* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
@@ -294,21 +300,6 @@ Opt heads_backward(const at::Tensor& o, const at::Tensor& weight, const at::Tens
   return weight_grad;
 }
 
-// row[c] += add[c] for c < n (the row-gather gradient below).
-
-DCELL_VECTOR_CLONES void add_row(float* __restrict row, const float* __restrict add, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) row[c] += add[c];
-}
-
-DCELL_VECTOR_CLONES void add_row(double* __restrict row, const double* __restrict add, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) row[c] += add[c];
-}
-
-template <typename T>
-void add_row(T* row, const T* add, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) row[c] += add[c];
-}
-
 // target[dest[u]] += sum of src[order[j]] for j in [ptr[u], ptr[u + 1]), rows of [N, B] and [M, B] tensors: the
 // gradient of a row gather whose index was grouped by destination once (order: the gather's positions sorted by
 // the row they read, dest: the distinct rows, ptr: where each row's positions start). Each destination row is
@@ -346,7 +337,7 @@ void rows_add_(const at::Tensor& target, const at::Tensor& src, const at::Tensor
         for (int64_t j = p[u]; j < p[u + 1]; ++j) {
           TORCH_CHECK_INDEX(o[j] >= 0 && o[j] < m, "rows_add_: position ", o[j], " outside src's ", m, " rows");
           const scalar_t* add = s + o[j] * batch;
-          add_row(row, add, batch);
+          axpy(row, scalar_t(1), add, batch);
         }
       }
     });
