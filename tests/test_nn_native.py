@@ -1,5 +1,6 @@
 """The model's C++ ops (dcell_core/nn/native.py, csrc/stratum_ops.cpp): the row-gather gradient against
-index_add_, their errors on bad input, and the build cache's naming and failure message. The per-bucket loops are
+index_add_, the fused children read against the gather and matmuls it replaces, their errors on bad input, and the
+build cache's naming and failure message. The per-bucket loops are
 checked against the per-term oracle through the whole model (tests/test_nn_equivalence.py and the other test_nn_*
 files)."""
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from dcell_core.nn import native
+from benchmarks.model import synthetic_hierarchy
+from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, native, reads, stratum_dcell
 from dcell_core.nn.stratum import RowRead, row_read, rows_add_
 
 
@@ -139,3 +141,86 @@ def test_heads_kernel_equals_the_per_bucket_matmuls(dtype, batch):
     assert ops.heads_backward(o, weight, g, None, False, n, w, start) is None
     with pytest.raises(ValueError, match="heads_forward: 5 head biases for 6 terms"):
         ops.heads_forward(o, weight, bias[:5], n, w, start)
+
+
+def fused_read_step(h, x, y, fused: bool, monkeypatch, chunk_bytes: int | None = None):
+    """Output, every parameter gradient and the running statistics of one training step, with the fused children
+    read (ReadLinear) on or off (ReadStratum + StratumLinear), from the same initial weights."""
+    with monkeypatch.context() as patch:
+        if not fused:
+            patch.setattr(stratum_dcell, "fuses_read", lambda *args: False)
+        if chunk_bytes is not None:
+            patch.setattr(reads, "READ_CHUNK_BYTES", chunk_bytes)
+        torch.manual_seed(0)
+        model = build_dcell(h, ModelConfig(init_range=0.3)).to(x.dtype)
+        calls = []
+        patch.setattr(reads.ReadLinear, "forward", counted(reads.ReadLinear.forward, calls))
+        out = model(x)
+        dcell_loss(out, y, LossConfig())[0].backward()
+    state = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.prediction.detach(), grads, state, len(calls)
+
+
+def counted(fn, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+    return staticmethod(wrapper)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_bytes", [None, 64])
+def test_fused_read_equals_the_gather_and_matmuls(dtype, chunk_bytes, monkeypatch):
+    """The children read fused with the first layer (in chunks of terms; 64 bytes: one term per chunk) against the
+    gather + per-bucket matmuls + row add it replaces: the same output, gradients and batch-norm statistics, bit
+    for bit (same matmuls on row blocks of the same views, the row additions in the same order)."""
+    h = synthetic_hierarchy(num_genes=300, strata=[40, 25, 12, 6, 2, 1], annotations_per_gene=3.0, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.zeros(24, h.num_genes, dtype=dtype)
+    x[torch.arange(24).repeat_interleave(3), torch.randint(h.num_genes, (72,), generator=gen)] = 1.0
+    y = torch.randn(24, generator=gen, dtype=dtype)
+    out_f, grads_f, state_f, calls_f = fused_read_step(h, x, y, True, monkeypatch, chunk_bytes)
+    out_u, grads_u, state_u, calls_u = fused_read_step(h, x, y, False, monkeypatch, chunk_bytes)
+    assert calls_u == 0 and calls_f >= 4  # every stratum above 0 reads through it (stratum 0 reads nothing)
+    assert torch.equal(out_f, out_u)
+    assert grads_f.keys() == grads_u.keys() and len(grads_f) > 10
+    for name in grads_f:
+        assert torch.equal(grads_f[name], grads_u[name]), name
+    for name in state_f:
+        assert torch.equal(state_f[name], state_u[name]), name
+
+
+def test_a_retained_graph_refuses_backward_after_the_next_forward():
+    """Fused reads read the activation buffer again in backward: a graph kept with retain_graph=True can run
+    backward again (the same gradients), but not once a later forward pass has taken the buffer; that is one
+    clear error, not gradients from another batch."""
+    h = synthetic_hierarchy(num_genes=200, strata=[20, 10, 4, 1], annotations_per_gene=3.0, seed=3)
+    torch.manual_seed(0)
+    model = build_dcell(h, ModelConfig()).double()
+    x = (torch.rand(6, h.num_genes, generator=torch.Generator().manual_seed(4)) < 0.02).double()
+    y = torch.randn(6, dtype=torch.float64)
+    loss = dcell_loss(model(x), y, LossConfig())[0]
+    loss.backward(retain_graph=True)
+    first = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    for name, value in first.items():
+        assert torch.equal(model.get_parameter(name).grad, value), name
+    model(torch.flip(x, [0]))  # no graph kept: the buffer is released and taken again
+    with pytest.raises(RuntimeError, match="activation buffer a later forward pass has overwritten"):
+        loss.backward()
+
+
+def test_read_linear_rejects_bad_input_with_one_clear_error():
+    ops = native.ops()
+    buf = torch.zeros(10, 4)
+    index = torch.tensor([1, 2, 3, 0, 4, 5], dtype=torch.long)  # one bucket: 2 terms x 3 children rows
+    bias, weight = torch.zeros(2 * 2), torch.zeros(2 * 2 * 3)
+    with pytest.raises(ValueError, match="weight has 11 elements and the index 6, the buckets' blocks 12 and 6"):
+        ops.read_linear_forward(buf, index, bias, weight[:11], [2], [2], [3], [0], 1 << 20)
+    with pytest.raises(ValueError, match="contiguous float or double CPU"):
+        ops.read_linear_forward(buf.t(), index, bias, weight, [2], [2], [3], [0], 1 << 20)
+    with pytest.raises(IndexError, match="index 12 outside the 10 buffer rows"):
+        ops.read_linear_backward(torch.zeros(4, 4), buf, torch.tensor([1, 2, 12, 0, 4, 5]), weight,
+                                 torch.zeros(10, 4), [2], [2], [3], [0], True, True, 1 << 20)

@@ -2,7 +2,8 @@
 
 `ReadStratum` gathers a stratum's inputs from the activation buffer and computes the heads of the stratum
 below; in backward it adds input gradients into one gradient buffer shared by all reads of a pass
-(`BackwardState`) and hands finished rows back. Both buffers come from a `Workspace` reused between steps.
+(`BackwardState`) and hands finished rows back. `ReadLinear` does the same for a stratum that reads only its
+children's rows, fused with its first layer. Both buffers come from a `Workspace` reused between steps.
 """
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from dcell_core.nn.common import flat_add_
-from dcell_core.nn.stratum import rows_add_
-from dcell_core.nn.stratum_ops import heads_backward, heads_forward
+from dcell_core.nn.native import ops
+from dcell_core.nn.stratum import RowRead, rows_add_
+from dcell_core.nn.stratum_ops import heads_backward, heads_forward, rows_lists
+
+# Bytes of gathered input rows per chunk of the fused read (`ReadLinear`): about a core's L2 cache. At batch 256 on
+# yeast_go's direct basis, 1 MiB chunks ran the fused read and first layer of strata 2-15 in 0.097 s against
+# 0.114 s for the gather and matmuls over whole buckets (docs/performance.md); 256 KiB chunks were no faster than
+# that.
+READ_CHUNK_BYTES = 1 << 20
 
 
 class Workspace:
@@ -29,6 +37,7 @@ class Workspace:
         self.tensor: torch.Tensor | None = None
         self.owner: weakref.ref | None = None
         self.lock = threading.Lock()
+        self.generation = 0  # how many times the shared tensor was handed out
 
     def __reduce__(self):  # a copied or pickled model starts with an empty workspace of its own
         return (Workspace, ())
@@ -42,6 +51,7 @@ class Workspace:
                 if t is None or t.shape != (rows, cols) or t.dtype != dtype or t.device != device:
                     self.tensor = None  # drop the old one before allocating the new one
                     self.tensor = torch.empty(rows, cols, dtype=dtype, device=device)
+                self.generation += 1
                 return self.tensor
         return torch.empty(rows, cols, dtype=dtype, device=device)
 
@@ -61,6 +71,29 @@ class BackwardState:
         self.batch = like.shape[0]
         self.grad_buf: torch.Tensor | None = None
         self.last_reader = -1  # lowest stratum whose read has a gradient to hand back; frees the buffer
+        # the activation buffer and its workspace; `buf_users`: fused reads (ReadLinear) whose backward reads it
+        # again, so it is kept until the last of them has run (forward releases it when there are none)
+        self.buf: torch.Tensor | None = None
+        self.buf_workspace: Workspace | None = None
+        self.buf_generation, self.buf_users = 0, 0
+
+    def acquire_buf(self, workspace: Workspace, rows: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+        self.buf = workspace.acquire(self, rows, batch, like.dtype, like.device)
+        self.buf_workspace, self.buf_generation = workspace, workspace.generation
+        return self.buf
+
+    def check_buf(self) -> None:
+        """Raise if the activation buffer was handed to a later forward pass (a retained graph's second backward
+        after another forward): its rows are no longer this pass's."""
+        ws = self.buf_workspace
+        if self.buf is ws.tensor and ws.generation != self.buf_generation:
+            raise RuntimeError("backward of a stratum-parallel DCell pass whose activation buffer a later forward pass "
+                               "has overwritten (a graph kept with retain_graph=True, run backward again after "
+                               "another forward): run backward before the next forward pass")
+
+    def release_buf(self) -> None:
+        if self.buf_workspace is not None:
+            self.buf_workspace.release(self)
 
     def new_grad_buf(self, batch: int) -> torch.Tensor:
         self.grad_buf = self.workspace.acquire(self, self.num_rows, batch, self.dtype, self.device).zero_()
@@ -126,14 +159,113 @@ class ReadStratum(torch.autograd.Function):
                     a = ctx.below.row_start
                     target = state.grad_buf[a: a + ctx.below.num_rows]
                 head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target, needs[n_sources:])
-        grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
-        # views of the reused gradient buffer for stratum outputs (their backward makes new tensors from them);
-        # copies for the gene region, whose gradient may end up stored (a leaf's .grad)
-        # (a wild-type span, perturbed.py: the first shape[0] values of its rows)
-        out = tuple((grad_buf[a:b].view(-1)[:shape[0]] if len(shape) == 1 else grad_buf[a:b].view(shape)
-                     if ctx.stratum > 0 else grad_buf[a:b].reshape(shape).clone())
-                    if need and grad_buf is not None else None
-                    for (a, b, shape), need in zip(ctx.spans, needs[:n_sources]))
-        if ctx.stratum == state.last_reader:
-            state.free_grad_buf()
+        out = source_grads(state, ctx.spans, ctx.stratum, needs[:n_sources])
         return (None,) * 10 + out + tuple(head_grads)
+
+
+def source_grads(state: BackwardState, spans, stratum: int, needs) -> tuple:
+    """The gradients a read hands back for its sources (the rows `spans` of the gradient buffer), and the gradient
+    buffer freed after the lowest read: views of the reused buffer for stratum outputs (their backward makes new
+    tensors from them); copies for the gene region, whose gradient may end up stored (a leaf's .grad); a wild-type
+    span (perturbed.py): the first shape[0] values of its rows."""
+    grad_buf = state.grad_buf  # None: no bucket input of this or a higher stratum got a gradient
+    out = tuple((grad_buf[a:b].view(-1)[:shape[0]] if len(shape) == 1 else grad_buf[a:b].view(shape)
+                 if stratum > 0 else grad_buf[a:b].reshape(shape).clone())
+                if need and grad_buf is not None else None
+                for (a, b, shape), need in zip(spans, needs))
+    if stratum == state.last_reader:
+        state.free_grad_buf()
+    return out
+
+
+def fuses_read(buf: torch.Tensor, groups: list[bool]) -> bool:
+    """Whether a stratum reading the input kinds `groups` (is gene, in read order) takes `ReadLinear`: it reads
+    only its children's rows, from a float32/float64 CPU buffer, outside autocast (where the matmuls run in the
+    buffer's dtype)."""
+    return (groups == [False] and buf.device.type == "cpu" and buf.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+class ReadLinear(torch.autograd.Function):
+    """`ReadStratum` of a stratum that reads only its children's rows (one `RowRead`; the sparse gene path),
+    fused with its first layer (`StratumLinear`, the gene columns from the nonzero genotype entries `sparse`):
+    returns the pre-activation [R_s, B] and, when `below` is given, the heads of the stratum below. The gathered
+    inputs ([sum n * c_max, B], at batch 256 several times the stratum's output) are never made whole: each bucket
+    runs in chunks of terms whose gathered rows fit in READ_CHUNK_BYTES, gathered and multiplied while in cache
+    (csrc read_linear_forward); backward gathers each chunk again from the activation buffer for the weight
+    gradient and adds the chunk's input gradient into the shared gradient buffer from cache. The activation buffer
+    is therefore kept until the last such backward has run (`BackwardState.buf_users`). Results equal those of
+    ReadStratum + StratumLinear; the row additions are made in the same order as `rows_add_`'s."""
+
+    @staticmethod
+    def forward(ctx, buf, read: RowRead, state, stratum_index, spans, below, stratum, sparse, grad_enabled, n_sources,
+                *tensors):
+        sources = tensors[:n_sources]
+        n_heads = 0 if below is None else 2
+        head_params = tensors[n_sources:n_sources + n_heads]
+        bias, weight, gene_weight = tensors[n_sources + n_heads:]
+        ctx.set_materialize_grads(False)
+        ctx.read, ctx.state, ctx.stratum_index, ctx.spans, ctx.below, ctx.stratum = (read, state, stratum_index,
+                                                                                      spans, below, stratum)
+        ctx.n_sources, ctx.sparse, ctx.chunk = n_sources, sparse, READ_CHUNK_BYTES // buf.element_size()
+        n, w, start = rows_lists(stratum.rows)
+        z = ops().read_linear_forward(buf, read.index, bias.detach(), weight.detach(), n, w,
+                                      list(stratum.weight_cols), start, ctx.chunk)
+        if sparse is not None:
+            w_idx, o_idx, value = sparse
+            add = gene_weight.detach().index_select(0, w_idx)
+            flat_add_(z.view(-1), o_idx, add if value is None else add * value.to(z.dtype))
+        ctx.flat_shape = None if gene_weight is None else gene_weight.shape
+        ctx.save_for_backward(weight, *(sources[:1] if below is not None else ()), *head_params)
+        # (inside forward, grad mode is off: the caller says whether it was on)
+        if grad_enabled and any(t is not None and t.requires_grad for t in tensors):
+            state.buf_users += 1
+            ctx.counted = True
+        else:
+            ctx.counted = False
+        if below is None:
+            return z
+        return z, heads_forward(below.rows, sources[0], head_params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z, grad_heads=None):
+        state = ctx.state
+        needs = ctx.needs_input_grad[10:]
+        n_sources = ctx.n_sources
+        n_heads = 0 if ctx.below is None else 2
+        need_bias, need_weight, need_genes = needs[n_sources + n_heads:]
+        weight, *rest = ctx.saved_tensors
+        bias_grad = weight_grad = gene_grad = None
+        if grad_z is not None:
+            state.check_buf()
+            grad_z = grad_z.contiguous()
+            target = None
+            if any(needs[:n_sources]):
+                target = state.grad_buf if state.grad_buf is not None else state.new_grad_buf(state.batch)
+            n, w, start = rows_lists(ctx.stratum.rows)
+            bias_grad, weight_grad = ops().read_linear_backward(
+                grad_z, state.buf, ctx.read.index, weight.detach(), target, n, w, list(ctx.stratum.weight_cols), start,
+                bool(need_bias), bool(need_weight), ctx.chunk)
+            if ctx.sparse is not None and need_genes:
+                w_idx, o_idx, value = ctx.sparse
+                gene_grad = grad_z.new_zeros(ctx.flat_shape)
+                picked = grad_z.view(-1).index_select(0, o_idx)
+                flat_add_(gene_grad, w_idx, picked if value is None else picked * value.to(grad_z.dtype))
+        if ctx.counted:
+            state.buf_users -= 1
+            if state.buf_users == 0:
+                state.release_buf()
+        head_grads: list = [None] * n_heads
+        if ctx.below is not None and grad_heads is not None:
+            o, *params = rest
+            target = None
+            if needs[0]:
+                if state.grad_buf is None:
+                    state.new_grad_buf(o.shape[1])
+                a = ctx.below.row_start
+                target = state.grad_buf[a: a + ctx.below.num_rows]
+            head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target,
+                                        needs[n_sources:n_sources + n_heads])
+        out = source_grads(state, ctx.spans, ctx.stratum_index, needs[:n_sources])
+        return (None,) * 10 + out + tuple(head_grads) + (bias_grad, weight_grad, gene_grad)

@@ -5,7 +5,10 @@ reads its whole input with one index_select per input kind (`ReadStratum`, reads
 buckets in one gather, the gene inputs in another; the gene read is marked non-differentiable unless the gene
 region needs a gradient, so no input gradient is computed or scattered for gene columns; with binary genotypes
 that need no gradient the gene inputs are not read at all: the gene columns are applied from the nonzero genotype
-entries), and backward scatters each read's gradient with one index_add_.
+entries), and backward scatters each read's gradient with one index_add_. A stratum that reads only its children's
+rows from a float32/float64 CPU buffer outside autocast (the sparse gene path) reads them fused with its first
+layer (`ReadLinear`, reads.py): chunks of terms gathered and multiplied while in cache, the gathered inputs never
+made whole nor kept for backward.
 `StratumLinear` (stratum_ops.py) runs the first linear layer of all its buckets as padded batched matmuls into one
 [R_s, B] tensor, activation and batch norm run on that tensor once per stratum, the stratum's output is copied
 into the buffer for the strata above, and the next stratum's read also computes this stratum's heads. No Python
@@ -42,7 +45,7 @@ from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.native import ops
 from dcell_core.nn.perturbed import PerturbationLayout
 from dcell_core.nn.plan import build_plan
-from dcell_core.nn.reads import BackwardState, ReadStratum, Workspace
+from dcell_core.nn.reads import BackwardState, ReadLinear, ReadStratum, Workspace, fuses_read
 from dcell_core.nn.stratum import Stratum
 
 
@@ -185,12 +188,17 @@ class StratumDCell(nn.Module):
         check_genotypes(x, self.sizes.num_genes)
         rows = self.buffer_rows(x.shape[0])
         state = BackwardState(rows, x, self._grad_workspace)
-        # every row but row 0 is written before it is read; nothing reads the buffer after forward returns
-        buf = self._buf_workspace.acquire(state, rows, x.shape[0], x.dtype, x.device)
+        # every row but row 0 is written before it is read; after forward returns, only the backward of fused reads
+        # (ReadLinear) reads the buffer, which then keeps it until the last of them has run
+        buf = state.acquire_buf(self._buf_workspace, rows, x.shape[0], x)
         try:
-            return self._forward(x, buf, state, return_states)
-        finally:
-            self._buf_workspace.release(state)
+            out = self._forward(x, buf, state, return_states)
+        except BaseException:
+            state.release_buf()
+            raise
+        if state.buf_users == 0:
+            state.release_buf()
+        return out
 
     def buffer_rows(self, batch: int) -> int:
         """Rows of the activation and gradient buffers at this batch size: the plan's, then the wild-type rows."""
@@ -248,8 +256,16 @@ class StratumDCell(nn.Module):
                        else stratum.gathers(genes) if stratum is not None else ())
             groups = ((False,) if layout is not None else
                       tuple(stratum.read_groups(genes)) if stratum is not None else ())
-            parts = ReadStratum.apply(buf, gathers, layout is not None, groups, genes_need_grad, state, s, spans,
-                                      below, len(sources), *tensors)
+            fused = layout is None and stratum is not None and fuses_read(buf, list(groups))
+            if fused:  # the children read and the first layer in one (reads.py)
+                gene_cols = entries[s] if sparse else None
+                parts = ReadLinear.apply(buf, gathers[0], state, s, spans, below, stratum, gene_cols,
+                                         torch.is_grad_enabled(), len(sources), *tensors, stratum.biases[0],
+                                         stratum.child_weight, stratum.gene_weight if gene_cols is not None else None)
+                parts = parts if below is not None else (parts,)
+            else:
+                parts = ReadStratum.apply(buf, gathers, layout is not None, groups, genes_need_grad, state, s, spans,
+                                          below, len(sources), *tensors)
             if below is not None:
                 heads.append(parts[-1])  # [T, B] of the stratum below, bucket-slot order
                 parts = parts[:-1]
@@ -275,7 +291,7 @@ class StratumDCell(nn.Module):
                 below = None  # its heads are done
             else:
                 v0 = None
-                h = stratum.first_layer(parts, B, genes, entries[s])
+                h = parts[0] if fused else stratum.first_layer(parts, B, genes, entries[s])
                 for k in range(self.cfg.subsystem_layers):
                     if k:
                         h = stratum.next_layer(h, k)

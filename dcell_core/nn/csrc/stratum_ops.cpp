@@ -4,7 +4,8 @@
 //   cost several microseconds of slicing, viewing and dispatch per op. These loops call the same ATen ops on the
 //   same views in the same order, so their results are those of the Python loops, on any device and dtype;
 // - CPU kernels: the heads for contiguous float and double tensors (one task per term, each row read once per
-//   pass), and rows_add_ (torch.ops.dcell.rows_add_), the gradient of a row gather, one thread per destination row.
+//   pass), rows_add_ (torch.ops.dcell.rows_add_), the gradient of a row gather, one thread per destination row, and
+//   a stratum's children read fused with its first layer, in cache-sized chunks (read_linear_*).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -344,11 +345,162 @@ void rows_add_(const at::Tensor& target, const at::Tensor& src, const at::Tensor
   });
 }
 
+
+// ---- the children read fused with the first layer (CPU, float and double) -----------------------------------
+// A stratum that reads only its children's rows (the sparse gene path) gathers [sum n * k, B] input rows, which at
+// batch 256 is several times the size of its output: written by the gather, read by the forward matmul, read again
+// by the weight gradient's, its gradient written by the input gradient's and read by the row add. Here each bucket
+// runs in chunks of terms whose gathered rows fit in `chunk` elements (about a core's L2 cache): gather the chunk,
+// multiply it while it is in cache; backward gathers it again for the weight gradient and adds the chunk's input
+// gradient into the gradient buffer straight from cache. Nothing of the size of the gather is kept between forward
+// and backward. The matmuls are those of linear_forward / linear_backward on row blocks of the same views.
+namespace {
+
+int64_t chunk_terms(int64_t n, int64_t k, int64_t batch, int64_t chunk) {
+  return std::max<int64_t>(1, std::min<int64_t>(n, chunk / std::max<int64_t>(k * batch, 1)));
+}
+
+int64_t scratch_rows(const Ints& n, const Ints& k, int64_t batch, int64_t chunk) {
+  int64_t most = 0;
+  for (size_t q = 0; q < n.size(); ++q) {
+    if (k[q]) most = std::max(most, chunk_terms(n[q], k[q], batch, chunk) * k[q]);
+  }
+  return most;
+}
+
+// Checks shared by both directions; returns the stratum's rows.
+int64_t check_read_linear(const at::Tensor& buf, const at::Tensor& index, const at::Tensor& weight, const Ints& n,
+                          const Ints& w, const Ints& k, const Ints& start) {
+  TORCH_CHECK_VALUE(n.size() == w.size() && n.size() == k.size() && n.size() == start.size(),
+                    "read_linear: the bucket lists differ in length");
+  TORCH_CHECK_VALUE(buf.device().is_cpu() && buf.dim() == 2 && buf.is_contiguous() &&
+                    (buf.scalar_type() == at::kFloat || buf.scalar_type() == at::kDouble),
+                    "read_linear: the buffer must be a contiguous float or double CPU [rows, B] tensor");
+  TORCH_CHECK_VALUE(weight.scalar_type() == buf.scalar_type() && weight.is_contiguous(),
+                    "read_linear: the weight must be contiguous and of the buffer's dtype");
+  TORCH_CHECK_VALUE(index.scalar_type() == at::kLong && index.dim() == 1 && index.is_contiguous(),
+                    "read_linear: the index must be a contiguous int64 vector");
+  int64_t rows = 0, weights = 0, reads = 0;
+  for (size_t q = 0; q < n.size(); ++q) {
+    rows += n[q] * w[q];
+    weights += n[q] * w[q] * k[q];
+    reads += n[q] * k[q];
+  }
+  TORCH_CHECK_VALUE(weight.numel() == weights && index.numel() == reads, "read_linear: weight has ", weight.numel(),
+                    " elements and the index ", index.numel(), ", the buckets' blocks ", weights, " and ", reads);
+  return rows;
+}
+
+}  // namespace
+
+// z [R_s, B]: for every bucket q, z_q = bias_q + weight_q @ buf[index_q] ([n, w, k] @ [n, k, B]).
+at::Tensor read_linear_forward(const at::Tensor& buf, const at::Tensor& index, const at::Tensor& bias,
+                               const at::Tensor& weight, const Ints& n, const Ints& w, const Ints& k,
+                               const Ints& start, int64_t chunk) {
+  int64_t rows = check_read_linear(buf, index, weight, n, w, k, start);
+  TORCH_CHECK_VALUE(bias.numel() == rows && bias.scalar_type() == buf.scalar_type(), "read_linear_forward: bias "
+                    "has ", bias.numel(), " elements of ", bias.scalar_type(), ", the stratum ", rows, " rows");
+  int64_t B = buf.size(1);
+  at::Tensor out = at::empty({rows, B}, buf.options());
+  at::Tensor scratch = at::empty({scratch_rows(n, k, B, chunk), B}, buf.options());
+  int64_t woff = 0, ioff = 0;
+  for (size_t q = 0; q < n.size(); ++q) {
+    at::Tensor h = out.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], B});
+    at::Tensor bias_q = bias.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], 1});
+    if (!k[q]) {
+      h.copy_(bias_q.expand({n[q], w[q], B}));
+      continue;
+    }
+    at::Tensor W = weight.narrow(0, woff, n[q] * w[q] * k[q]).view({n[q], w[q], k[q]});
+    int64_t per = chunk_terms(n[q], k[q], B, chunk);
+    for (int64_t i0 = 0; i0 < n[q]; i0 += per) {
+      int64_t m = std::min(per, n[q] - i0);
+      at::Tensor s = scratch.narrow(0, 0, m * k[q]);
+      at::index_select_out(s, buf, 0, index.narrow(0, ioff + i0 * k[q], m * k[q]));
+      at::Tensor dst = h.narrow(0, i0, m);
+      at::baddbmm_out(dst, bias_q.narrow(0, i0, m), W.narrow(0, i0, m), s.view({m, k[q], B}));
+    }
+    woff += n[q] * w[q] * k[q];
+    ioff += n[q] * k[q];
+  }
+  return out;
+}
+
+// Backward of read_linear_forward from grad [R_s, B]: returns [bias, weight] gradients (None where not needed)
+// and, when `grad_buf` [rows, B] is given, adds buf[index]'s gradient into it in place, except at the zero row
+// (index 0, padding). The rows of a chunk are added in index order, the columns split among threads:
+// deterministic, and every destination row receives its additions in the order rows_add_ adds them.
+std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& index,
+                                      const at::Tensor& weight, const Opt& grad_buf, const Ints& n, const Ints& w,
+                                      const Ints& k, const Ints& start, bool needs_bias, bool needs_weight,
+                                      int64_t chunk) {
+  int64_t rows = check_read_linear(buf, index, weight, n, w, k, start);
+  int64_t B = buf.size(1);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({rows, B}) && grad.is_contiguous() &&
+                    grad.scalar_type() == buf.scalar_type(), "read_linear_backward: the gradient is ", grad.sizes(),
+                    " ", grad.scalar_type(), ", the output [", rows, ", ", B, "] ", buf.scalar_type());
+  if (grad_buf.has_value()) {
+    TORCH_CHECK_VALUE(grad_buf->sizes() == buf.sizes() && grad_buf->is_contiguous() &&
+                      grad_buf->scalar_type() == buf.scalar_type(),
+                      "read_linear_backward: the gradient buffer must be contiguous and shaped as the buffer");
+    const int64_t* ix = index.data_ptr<int64_t>();
+    for (int64_t r = 0; r < index.numel(); ++r) {
+      TORCH_CHECK_INDEX(ix[r] >= 0 && ix[r] < buf.size(0), "read_linear_backward: index ", ix[r], " outside the ",
+                        buf.size(0), " buffer rows");
+    }
+  }
+  std::vector<Opt> out(2);
+  if (needs_bias) out[0] = grad.sum(1);
+  if (needs_weight) out[1] = at::empty({weight.numel()}, grad.options());
+  int64_t most = scratch_rows(n, k, B, chunk);
+  at::Tensor s_in = at::empty({needs_weight ? most : 0, B}, buf.options());
+  at::Tensor s_grad = at::empty({grad_buf.has_value() ? most : 0, B}, buf.options());
+  int64_t woff = 0, ioff = 0;
+  for (size_t q = 0; q < n.size(); ++q) {
+    if (!k[q]) continue;
+    at::Tensor gq = grad.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], B});
+    at::Tensor W = weight.narrow(0, woff, n[q] * w[q] * k[q]).view({n[q], w[q], k[q]});
+    int64_t per = chunk_terms(n[q], k[q], B, chunk);
+    for (int64_t i0 = 0; i0 < n[q]; i0 += per) {
+      int64_t m = std::min(per, n[q] - i0);
+      at::Tensor g = gq.narrow(0, i0, m);
+      at::Tensor idx = index.narrow(0, ioff + i0 * k[q], m * k[q]);
+      if (needs_weight) {
+        at::Tensor s = s_in.narrow(0, 0, m * k[q]);
+        at::index_select_out(s, buf, 0, idx);
+        at::Tensor dst = out[1]->narrow(0, woff + i0 * w[q] * k[q], m * w[q] * k[q]).view({m, w[q], k[q]});
+        at::bmm_out(dst, g, s.view({m, k[q], B}).transpose(1, 2));
+      }
+      if (grad_buf.has_value()) {
+        at::Tensor s = s_grad.narrow(0, 0, m * k[q]);
+        at::Tensor sv = s.view({m, k[q], B});
+        at::bmm_out(sv, W.narrow(0, i0, m).transpose(1, 2), g);
+        AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "read_linear_backward", [&] {
+          scalar_t* t = grad_buf->data_ptr<scalar_t>();
+          const scalar_t* src = s.data_ptr<scalar_t>();
+          const int64_t* dest = idx.data_ptr<int64_t>();
+          int64_t count = m * k[q];
+          at::parallel_for(0, B, 16, [&](int64_t c0, int64_t c1) {
+            for (int64_t r = 0; r < count; ++r) {
+              if (dest[r]) axpy(t + dest[r] * B + c0, scalar_t(1), src + r * B + c0, c1 - c0);
+            }
+          });
+        });
+      }
+    }
+    woff += n[q] * w[q] * k[q];
+    ioff += n[q] * k[q];
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_forward", &linear_forward);
   m.def("linear_backward", &linear_backward);
   m.def("heads_forward", &heads_forward);
   m.def("heads_backward", &heads_backward);
+  m.def("read_linear_forward", &read_linear_forward);
+  m.def("read_linear_backward", &read_linear_backward);
 }
 
 // rows_add_ as a dispatcher op (torch.ops.dcell.rows_add_): visible to the profiler and to dispatch modes like
