@@ -1,6 +1,6 @@
 """The model's C++ ops (dcell_core/nn/native.py, csrc/stratum_ops.cpp): the row-gather gradient against
-index_add_, the fused children read against the gather and matmuls it replaces, their errors on bad input, and the
-build cache's naming and failure message. The per-bucket loops are
+index_add_, the fused children read against the gather and matmuls it replaces, tanh + batch norm against
+F.batch_norm, their errors on bad input, and the build cache's naming and failure message. The per-bucket loops are
 checked against the per-term oracle through the whole model (tests/test_nn_equivalence.py and the other test_nn_*
 files)."""
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch
 
 from benchmarks.model import synthetic_hierarchy
 from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, native, reads, stratum_dcell
+from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS
 from dcell_core.nn.stratum import RowRead, row_read, rows_add_
+from dcell_core.nn.stratum_ops import TanhNorm
 
 
 def row_gather(num_rows: int, reads: int, seed: int) -> RowRead:
@@ -224,3 +226,33 @@ def test_read_linear_rejects_bad_input_with_one_clear_error():
     with pytest.raises(IndexError, match="index 12 outside the 10 buffer rows"):
         ops.read_linear_backward(torch.zeros(4, 4), buf, torch.tensor([1, 2, 12, 0, 4, 5]), weight,
                                  torch.zeros(10, 4), [2], [2], [3], [0], True, True, 1 << 20)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [2, 32, 37, 256])
+def test_tanh_norm_equals_batch_norm_of_tanh(dtype, batch):
+    """TanhNorm (the CPU kernel of tanh then batch norm in training) against F.batch_norm(torch.tanh(z)): output,
+    the copy into `dest`, the running statistics and the gradients of z, gain and shift."""
+    gen = torch.Generator().manual_seed(batch)
+    rows = 70
+    z = (2 * torch.randn(rows, batch, generator=gen, dtype=dtype)).requires_grad_(True)
+    gain = torch.randn(rows, generator=gen, dtype=dtype).requires_grad_(True)
+    shift = torch.randn(rows, generator=gen, dtype=dtype).requires_grad_(True)
+    stats = [torch.randn(rows, generator=gen, dtype=dtype), torch.rand(rows, generator=gen, dtype=dtype) + 0.5]
+    want_stats = [s.clone() for s in stats]
+    dest = torch.full((rows, batch), float("nan"), dtype=dtype)
+    out = TanhNorm.apply(z, gain, shift, *stats, dest)
+    want = torch.nn.functional.batch_norm(torch.tanh(z).unsqueeze(0), *want_stats, gain, shift, True, BN_MOMENTUM,
+                                          NORM_EPS).squeeze(0)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, want, **tol)
+    assert torch.equal(dest, out.detach())
+    for got, expected in zip(stats, want_stats):
+        torch.testing.assert_close(got, expected, **tol)
+    upstream = torch.randn(rows, batch, generator=gen, dtype=dtype)
+    grads = torch.autograd.grad(out, (z, gain, shift), upstream)
+    expected = torch.autograd.grad(want, (z, gain, shift), upstream)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, **tol)
+    with pytest.raises(ValueError, match="batch norm needs more than one sample per row, got 1"):
+        native.ops().tanh_norm_forward(z.detach()[:, :1].contiguous(), gain.detach(), shift.detach(), 1e-5, None)

@@ -178,12 +178,16 @@ def source_grads(state: BackwardState, spans, stratum: int, needs) -> tuple:
     return out
 
 
+def cpu_kernel_input(t: torch.Tensor) -> bool:
+    """Whether the model's CPU kernels take `t`: a float32/float64 CPU tensor, outside autocast (where ops run in
+    the tensors' dtype)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+
+
 def fuses_read(buf: torch.Tensor, groups: list[bool]) -> bool:
     """Whether a stratum reading the input kinds `groups` (is gene, in read order) takes `ReadLinear`: it reads
-    only its children's rows, from a float32/float64 CPU buffer, outside autocast (where the matmuls run in the
-    buffer's dtype)."""
-    return (groups == [False] and buf.device.type == "cpu" and buf.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu"))
+    only its children's rows, from a buffer the CPU kernels take."""
+    return groups == [False] and cpu_kernel_input(buf)
 
 
 class ReadLinear(torch.autograd.Function):

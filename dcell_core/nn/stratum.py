@@ -14,7 +14,7 @@ from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, TermSizes
 from dcell_core.nn.compact import Compact
 from dcell_core.nn.native import ops
 from dcell_core.nn.plan import BucketPlan
-from dcell_core.nn.stratum_ops import BucketRows, StratumLinear
+from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, TanhNorm
 
 
 class RowRead(NamedTuple):
@@ -265,6 +265,11 @@ class Stratum(nn.Module):
         gain, shift = self.norm_weights[0], self.norm_biases[0]
         scale = inv * gain
         return d0 * scale + shift, de * scale.index_select(0, c.rows) + shift.index_select(0, c.rows)
+
+    def tanh_norm(self, h: torch.Tensor, k: int, dest: torch.Tensor | None) -> torch.Tensor:
+        """Batch norm of tanh(h) in training (`TanhNorm`), also written into `dest` when given."""
+        return TanhNorm.apply(h, self.norm_weights[k], self.norm_biases[k], getattr(self, f"running_mean_{k}"),
+                              getattr(self, f"running_var_{k}"), dest)
 
     def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
         if norm_type == "none":

@@ -12,8 +12,10 @@ made whole nor kept for backward.
 `StratumLinear` (stratum_ops.py) runs the first linear layer of all its buckets as padded batched matmuls into one
 [R_s, B] tensor, activation and batch norm run on that tensor once per stratum, the stratum's output is copied
 into the buffer for the strata above, and the next stratum's read also computes this stratum's heads. No Python
-loop runs over terms or samples; the op count grows with strata and buckets. The activation buffer and the
-gradient buffer are reused from step to step (`Workspace`, reads.py).
+loop runs over terms or samples; the op count grows with strata and buckets. In training with tanh then batch
+norm (the default order) on float32/float64 CPU tensors, both run in one pass per row block that also writes the
+buffer (`TanhNorm`, stratum_ops.py). The activation buffer and the gradient buffer are reused from step to step
+(`Workspace`, reads.py).
 
 On the sparse path with one layer and batch norm or none, stratum 0 is computed from its non-wild-type entries
 (`Stratum.compact_output`) and, batch by batch, the lowest strata above it at their terms' perturbed samples only
@@ -45,7 +47,8 @@ from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.native import ops
 from dcell_core.nn.perturbed import PerturbationLayout
 from dcell_core.nn.plan import build_plan
-from dcell_core.nn.reads import BackwardState, ReadLinear, ReadStratum, Workspace, fuses_read
+from dcell_core.nn.reads import (BackwardState, ReadLinear, ReadStratum, Workspace, cpu_kernel_input,
+                                 fuses_read)
 from dcell_core.nn.stratum import Stratum
 
 
@@ -292,15 +295,23 @@ class StratumDCell(nn.Module):
             else:
                 v0 = None
                 h = parts[0] if fused else stratum.first_layer(parts, B, genes, entries[s])
-                for k in range(self.cfg.subsystem_layers):
+                layers = self.cfg.subsystem_layers
+                # tanh then batch norm in training, on the CPU: one pass per row block, the last layer's output
+                # written into the buffer as it is made (stratum_ops.TanhNorm)
+                tanh_norm = (training and norm_type == "batch" and self.cfg.norm_order == "act_norm" and
+                             self.cfg.activation == "tanh" and B > 1 and cpu_kernel_input(h))
+                for k in range(layers):
                     if k:
                         h = stratum.next_layer(h, k)
-                    if self.cfg.norm_order == "act_norm":
+                    if tanh_norm:
+                        h = stratum.tanh_norm(h, k, buf[a:a + R] if k == layers - 1 else None)
+                    elif self.cfg.norm_order == "act_norm":
                         h = stratum.norm(self.act(h), k, norm_type, training)
                     else:
                         h = self.act(stratum.norm(h, k, norm_type, training))
-                with torch.no_grad():
-                    buf[a:a + R].copy_(h)
+                if not tanh_norm:
+                    with torch.no_grad():
+                        buf[a:a + R].copy_(h)
                 below = stratum
             sources, spans = [h], [(a, a + R, h.shape)]
             outs.append(h)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from dcell_core.nn.common import flat_add_
+from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, flat_add_
 from dcell_core.nn.native import ops
 
 
@@ -122,3 +122,29 @@ def heads_backward(rows: tuple[BucketRows, ...], out_rows: torch.Tensor, params:
     weight_grad = ops().heads_backward(_cast(out_rows, dtype), _cast(params[0], dtype), grad, grad_target,
                                        bool(needs[0]), *rows_lists(rows))
     return [weight_grad, grad.sum(-1) if needs[1] else None]
+
+
+class TanhNorm(torch.autograd.Function):
+    """batch_norm(tanh(z)) per row of z [R_s, B] over the batch, in training (the act_norm order with tanh), on
+    contiguous float32/float64 CPU tensors: csrc tanh_norm_forward / tanh_norm_backward, one pass per row block
+    where tanh, batch norm's two passes and the copy into the activation buffer each read the whole tensor. The
+    running statistics are updated as F.batch_norm updates them (the unbiased variance); `dest`, when given,
+    receives the output too (the stratum's rows of the activation buffer)."""
+
+    @staticmethod
+    def forward(ctx, z, gain, shift, running_mean, running_var, dest):
+        h, t, mean, invstd, var = ops().tanh_norm_forward(z.contiguous(), gain.detach(), shift.detach(), NORM_EPS,
+                                                          dest)
+        B = z.shape[1]
+        running_mean.mul_(1 - BN_MOMENTUM).add_(mean, alpha=BN_MOMENTUM)
+        running_var.mul_(1 - BN_MOMENTUM).add_(var, alpha=BN_MOMENTUM * B / (B - 1))
+        ctx.save_for_backward(t, mean, invstd, gain)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        t, mean, invstd, gain = ctx.saved_tensors
+        dz, dgain, dshift = ops().tanh_norm_backward(grad.contiguous(), t, mean, invstd, gain.detach())
+        needs = ctx.needs_input_grad
+        return dz, dgain if needs[1] else None, dshift if needs[2] else None, None, None, None

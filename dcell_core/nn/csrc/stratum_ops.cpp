@@ -5,12 +5,14 @@
 //   same views in the same order, so their results are those of the Python loops, on any device and dtype;
 // - CPU kernels: the heads for contiguous float and double tensors (one task per term, each row read once per
 //   pass), rows_add_ (torch.ops.dcell.rows_add_), the gradient of a row gather, one thread per destination row, and
-//   a stratum's children read fused with its first layer, in cache-sized chunks (read_linear_*).
+//   a stratum's children read fused with its first layer, in cache-sized chunks (read_linear_*), and tanh followed
+//   by batch norm in training, per row block (tanh_norm_*).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <initializer_list>
 #include <utility>
@@ -494,6 +496,157 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
   return out;
 }
 
+// ---- tanh then batch norm per row, in training (norm_order act_norm, the default) -----------------------------
+// The stratum tensor z [R_s, B] is one neuron per row; batch norm's statistics are per row over the batch. In row
+// blocks of 64 KiB (in L2): t = tanh(z) (ATen's vectorized kernel), then per row its mean and biased variance
+// (sixteen lanes of partial sums, as `dot`), and h = (t - mean) * invstd * gain + shift written to h and, when
+// given, to `dest` (the stratum's rows of the activation buffer), where separate ops read and wrote the whole
+// tensor once each (tanh, two passes of batch norm, the copy into the buffer). Backward likewise per row.
+namespace {
+
+int64_t row_block(int64_t batch) { return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(batch, 1)); }
+
+// Row loops with sixteen partial sums (one per lane, added in lane order at the end), as `dot`.
+template <typename T>
+DCELL_VECTOR_CLONES T sum(const T* __restrict x, int64_t n) {
+  T part[16] = {};
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    for (int j = 0; j < 16; ++j) part[j] += x[c + j];
+  }
+  for (; c < n; ++c) part[c % 16] += x[c];
+  T total = 0;
+  for (int j = 0; j < 16; ++j) total += part[j];
+  return total;
+}
+
+template <typename T>
+DCELL_VECTOR_CLONES T centered_squares(const T* __restrict x, T m, int64_t n) {
+  T part[16] = {};
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    for (int j = 0; j < 16; ++j) part[j] += (x[c + j] - m) * (x[c + j] - m);
+  }
+  for (; c < n; ++c) part[c % 16] += (x[c] - m) * (x[c] - m);
+  T total = 0;
+  for (int j = 0; j < 16; ++j) total += part[j];
+  return total;
+}
+
+// sum of g * (x - m)
+template <typename T>
+DCELL_VECTOR_CLONES T centered_dot(const T* __restrict g, const T* __restrict x, T m, int64_t n) {
+  T part[16] = {};
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    for (int j = 0; j < 16; ++j) part[j] += g[c + j] * (x[c + j] - m);
+  }
+  for (; c < n; ++c) part[c % 16] += g[c] * (x[c] - m);
+  T total = 0;
+  for (int j = 0; j < 16; ++j) total += part[j];
+  return total;
+}
+
+template <typename T>
+DCELL_VECTOR_CLONES void affine(T* __restrict out, const T* __restrict x, T m, T scale, T shift, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) out[c] = (x[c] - m) * scale + shift;
+}
+
+// out = scale * (g - a - xhat * b) * (1 - x^2), xhat = (x - m) * inv
+template <typename T>
+DCELL_VECTOR_CLONES void norm_tanh_grad(T* __restrict out, const T* __restrict g, const T* __restrict x, T m, T inv,
+                                        T scale, T a, T b, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) out[c] = scale * (g[c] - a - (x[c] - m) * inv * b) * (T(1) - x[c] * x[c]);
+}
+
+void check_rows(const at::Tensor& t, int64_t rows, int64_t batch, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == dtype && t.dim() == 2 &&
+                    t.size(0) == rows && t.size(1) == batch, "tanh_norm: ", name, " must be a contiguous ", dtype,
+                    " CPU [", rows, ", ", batch, "] tensor, got ", t.sizes(), " ", t.scalar_type());
+}
+
+void check_vector(const at::Tensor& t, int64_t rows, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == dtype && t.numel() == rows,
+                    "tanh_norm: ", name, " must be a contiguous ", dtype, " CPU vector of ", rows, " rows");
+}
+
+}  // namespace
+
+// Returns h [R, B], t = tanh(z) [R, B] (for backward), and per row mean, invstd = 1 / sqrt(var + eps) and the
+// biased variance var (for the running statistics), [R] each.
+std::vector<at::Tensor> tanh_norm_forward(const at::Tensor& z, const at::Tensor& gain, const at::Tensor& shift,
+                                          double eps, const Opt& dest) {
+  TORCH_CHECK_VALUE(z.dim() == 2 && (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
+                    "tanh_norm_forward: z must be a float or double [R, B] tensor, got ", z.sizes(), " ",
+                    z.scalar_type());
+  int64_t R = z.size(0), B = z.size(1);
+  TORCH_CHECK_VALUE(B > 1, "tanh_norm_forward: batch norm needs more than one sample per row, got ", B);
+  check_rows(z, R, B, z.scalar_type(), "z");
+  check_vector(gain, R, z.scalar_type(), "gain");
+  check_vector(shift, R, z.scalar_type(), "shift");
+  if (dest.has_value()) check_rows(*dest, R, B, z.scalar_type(), "dest");
+  at::Tensor h = at::empty({R, B}, z.options()), t = at::empty({R, B}, z.options());
+  at::Tensor mean = at::empty({R}, z.options()), invstd = at::empty({R}, z.options());
+  at::Tensor var = at::empty({R}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "tanh_norm_forward", [&] {
+    const scalar_t* gp = gain.data_ptr<scalar_t>();
+    const scalar_t* sp = shift.data_ptr<scalar_t>();
+    scalar_t* tp = t.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    scalar_t* dp = dest.has_value() ? dest->data_ptr<scalar_t>() : nullptr;
+    scalar_t *mp = mean.data_ptr<scalar_t>(), *ip = invstd.data_ptr<scalar_t>(), *vp = var.data_ptr<scalar_t>();
+    at::parallel_for(0, R, row_block(B), [&](int64_t r0, int64_t r1) {
+      at::Tensor tb = t.narrow(0, r0, r1 - r0);
+      at::tanh_out(tb, z.narrow(0, r0, r1 - r0));
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* row = tp + r * B;
+        scalar_t m = sum(row, B) / scalar_t(B);
+        scalar_t v = centered_squares(row, m, B) / scalar_t(B);
+        scalar_t inv = scalar_t(1) / std::sqrt(v + scalar_t(eps));
+        mp[r] = m;
+        ip[r] = inv;
+        vp[r] = v;
+        scalar_t* out = hp + r * B;
+        affine(out, row, m, inv * gp[r], sp[r], B);
+        if (dp) std::copy(out, out + B, dp + r * B);
+      }
+    });
+  });
+  return {h, t, mean, invstd, var};
+}
+
+// Backward of tanh_norm_forward from grad [R, B]: {z's gradient, gain's, shift's}, per row dt = gain * invstd *
+// (g - mean(g) - xhat * mean(g * xhat)) with xhat = (t - mean) * invstd, and dz = dt * (1 - t^2).
+std::vector<at::Tensor> tanh_norm_backward(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& mean,
+                                           const at::Tensor& invstd, const at::Tensor& gain) {
+  int64_t R = t.size(0), B = t.size(1);
+  at::ScalarType dtype = t.scalar_type();
+  check_rows(t, R, B, dtype, "t");
+  check_rows(grad, R, B, dtype, "the gradient");
+  check_vector(mean, R, dtype, "mean");
+  check_vector(invstd, R, dtype, "invstd");
+  check_vector(gain, R, dtype, "gain");
+  at::Tensor dz = at::empty({R, B}, t.options());
+  at::Tensor dgain = at::empty({R}, t.options()), dshift = at::empty({R}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "tanh_norm_backward", [&] {
+    const scalar_t *gp = grad.data_ptr<scalar_t>(), *tp = t.data_ptr<scalar_t>();
+    const scalar_t *mp = mean.data_ptr<scalar_t>(), *ip = invstd.data_ptr<scalar_t>();
+    const scalar_t* wp = gain.data_ptr<scalar_t>();
+    scalar_t *dp = dz.data_ptr<scalar_t>(), *gw = dgain.data_ptr<scalar_t>(), *gs = dshift.data_ptr<scalar_t>();
+    at::parallel_for(0, R, row_block(B), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t *g = gp + r * B, *x = tp + r * B;
+        scalar_t m = mp[r], inv = ip[r];
+        scalar_t sum_g = sum(g, B), sum_gx = centered_dot(g, x, m, B) * inv;
+        gw[r] = sum_gx;
+        gs[r] = sum_g;
+        norm_tanh_grad(dp + r * B, g, x, m, inv, wp[r] * inv, sum_g / scalar_t(B), sum_gx / scalar_t(B), B);
+      }
+    });
+  });
+  return {dz, dgain, dshift};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_forward", &linear_forward);
   m.def("linear_backward", &linear_backward);
@@ -501,6 +654,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("heads_backward", &heads_backward);
   m.def("read_linear_forward", &read_linear_forward);
   m.def("read_linear_backward", &read_linear_backward);
+  m.def("tanh_norm_forward", &tanh_norm_forward);
+  m.def("tanh_norm_backward", &tanh_norm_backward);
 }
 
 // rows_add_ as a dispatcher op (torch.ops.dcell.rows_add_): visible to the profiler and to dispatch modes like
