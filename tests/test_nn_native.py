@@ -173,15 +173,17 @@ def counted(fn, calls: list):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("chunk_bytes", [None, 64])
-def test_fused_read_equals_the_gather_and_matmuls(dtype, chunk_bytes, monkeypatch):
+@pytest.mark.parametrize("batch", [24, 160])
+def test_fused_read_equals_the_gather_and_matmuls(dtype, chunk_bytes, batch, monkeypatch):
     """The children read fused with the first layer (in chunks of terms; 64 bytes: one term per chunk) against the
     gather + per-bucket matmuls + row add it replaces: the same output, gradients and batch-norm statistics, bit
-    for bit (same matmuls on row blocks of the same views, the row additions in the same order)."""
+    for bit (same matmuls on row blocks of the same views, the row additions in the same order). Batch 24: rows
+    under 512 bytes, the input gradient added whole by rows_add_; batch 160: added chunk by chunk."""
     h = synthetic_hierarchy(num_genes=300, strata=[40, 25, 12, 6, 2, 1], annotations_per_gene=3.0, seed=1)
     gen = torch.Generator().manual_seed(2)
-    x = torch.zeros(24, h.num_genes, dtype=dtype)
-    x[torch.arange(24).repeat_interleave(3), torch.randint(h.num_genes, (72,), generator=gen)] = 1.0
-    y = torch.randn(24, generator=gen, dtype=dtype)
+    x = torch.zeros(batch, h.num_genes, dtype=dtype)
+    x[torch.arange(batch).repeat_interleave(3), torch.randint(h.num_genes, (3 * batch,), generator=gen)] = 1.0
+    y = torch.randn(batch, generator=gen, dtype=dtype)
     out_f, grads_f, state_f, calls_f = fused_read_step(h, x, y, True, monkeypatch, chunk_bytes)
     out_u, grads_u, state_u, calls_u = fused_read_step(h, x, y, False, monkeypatch, chunk_bytes)
     assert calls_u == 0 and calls_f >= 4  # every stratum above 0 reads through it (stratum 0 reads nothing)
@@ -224,8 +226,8 @@ def test_read_linear_rejects_bad_input_with_one_clear_error():
     with pytest.raises(ValueError, match="contiguous float or double CPU"):
         ops.read_linear_forward(buf.t(), index, bias, weight, [2], [2], [3], [0], 1 << 20)
     with pytest.raises(IndexError, match="index 12 outside the 10 buffer rows"):
-        ops.read_linear_backward(torch.zeros(4, 4), buf, torch.tensor([1, 2, 12, 0, 4, 5]), weight,
-                                 torch.zeros(10, 4), [2], [2], [3], [0], True, True, 1 << 20)
+        ops.read_linear_backward(torch.zeros(4, 4), buf, *RowRead(*map(torch.from_numpy, row_read(
+            np.array([1, 2, 12, 0, 4, 5])))), weight, torch.zeros(10, 4), [2], [2], [3], [0], True, True, 1 << 20)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

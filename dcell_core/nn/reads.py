@@ -249,7 +249,7 @@ class ReadLinear(torch.autograd.Function):
                 target = state.grad_buf if state.grad_buf is not None else state.new_grad_buf(state.batch)
             n, w, start = rows_lists(ctx.stratum.rows)
             bias_grad, weight_grad = ops().read_linear_backward(
-                grad_z, state.buf, ctx.read.index, weight.detach(), target, n, w, list(ctx.stratum.weight_cols), start,
+                grad_z, state.buf, *ctx.read, weight.detach(), target, n, w, list(ctx.stratum.weight_cols), start,
                 bool(need_bias), bool(need_weight), ctx.chunk)
             if ctx.sparse is not None and need_genes:
                 w_idx, o_idx, value = ctx.sparse

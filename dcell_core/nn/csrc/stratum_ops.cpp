@@ -430,9 +430,11 @@ at::Tensor read_linear_forward(const at::Tensor& buf, const at::Tensor& index, c
 
 // Backward of read_linear_forward from grad [R_s, B]: returns [bias, weight] gradients (None where not needed)
 // and, when `grad_buf` [rows, B] is given, adds buf[index]'s gradient into it in place, except at the zero row
-// (index 0, padding). The rows of a chunk are added in index order, the columns split among threads:
-// deterministic, and every destination row receives its additions in the order rows_add_ adds them.
+// (index 0, padding). The rows of a chunk are added in index order, the columns split among threads; with rows
+// under 512 bytes, the whole input gradient is made first and added by rows_add_ with the read's grouping (order,
+// dest, ptr, see RowRead). Either way deterministic, every destination row getting its additions in gather order.
 std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& index,
+                                      const at::Tensor& order, const at::Tensor& dest, const at::Tensor& ptr,
                                       const at::Tensor& weight, const Opt& grad_buf, const Ints& n, const Ints& w,
                                       const Ints& k, const Ints& start, bool needs_bias, bool needs_weight,
                                       int64_t chunk) {
@@ -455,8 +457,11 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
   if (needs_bias) out[0] = grad.sum(1);
   if (needs_weight) out[1] = at::empty({weight.numel()}, grad.options());
   int64_t most = scratch_rows(n, k, B, chunk);
+  // rows shorter than 512 bytes: split among threads, each row's piece costs more in loop overhead than in adds,
+  // so the input gradient is made whole and added by rows_add_ (one thread per destination row, same order)
+  bool whole = B * int64_t(buf.element_size()) < 512;
   at::Tensor s_in = at::empty({needs_weight ? most : 0, B}, buf.options());
-  at::Tensor s_grad = at::empty({grad_buf.has_value() ? most : 0, B}, buf.options());
+  at::Tensor s_grad = at::empty({grad_buf.has_value() ? (whole ? index.numel() : most) : 0, B}, buf.options());
   int64_t woff = 0, ioff = 0;
   for (size_t q = 0; q < n.size(); ++q) {
     if (!k[q]) continue;
@@ -474,9 +479,10 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
         at::bmm_out(dst, g, s.view({m, k[q], B}).transpose(1, 2));
       }
       if (grad_buf.has_value()) {
-        at::Tensor s = s_grad.narrow(0, 0, m * k[q]);
+        at::Tensor s = s_grad.narrow(0, whole ? ioff + i0 * k[q] : 0, m * k[q]);
         at::Tensor sv = s.view({m, k[q], B});
         at::bmm_out(sv, W.narrow(0, i0, m).transpose(1, 2), g);
+        if (whole) continue;
         AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "read_linear_backward", [&] {
           scalar_t* t = grad_buf->data_ptr<scalar_t>();
           const scalar_t* src = s.data_ptr<scalar_t>();
@@ -493,6 +499,7 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
     woff += n[q] * w[q] * k[q];
     ioff += n[q] * k[q];
   }
+  if (grad_buf.has_value() && whole) rows_add_(*grad_buf, s_grad, order, dest, ptr);
   return out;
 }
 
