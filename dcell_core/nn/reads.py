@@ -149,18 +149,25 @@ class ReadStratum(torch.autograd.Function):
         head_grads: list = []
         if ctx.below is not None:
             o, *params = ctx.saved_tensors
-            grad_heads = grads[n_gathers]
-            head_grads = [None] * len(params)
-            if grad_heads is not None:
-                target = None
-                if needs[0]:
-                    if state.grad_buf is None:
-                        state.new_grad_buf(o.shape[1])
-                    a = ctx.below.row_start
-                    target = state.grad_buf[a: a + ctx.below.num_rows]
-                head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target, needs[n_sources:])
+            head_grads = below_heads_backward(state, ctx.below, o, params, grads[n_gathers], needs[0],
+                                              needs[n_sources:])
         out = source_grads(state, ctx.spans, ctx.stratum, needs[:n_sources])
         return (None,) * 10 + out + tuple(head_grads)
+
+
+def below_heads_backward(state: BackwardState, below, o: torch.Tensor, params, grad_heads: torch.Tensor | None,
+                         needs_source: bool, needs_params) -> list:
+    """Backward of the heads of the stratum below (output `o`) computed by a read: their input gradient added in
+    place into that stratum's rows of the gradient buffer (made if need be), their parameters' gradients
+    returned."""
+    if grad_heads is None:
+        return [None] * len(params)
+    target = None
+    if needs_source:
+        if state.grad_buf is None:
+            state.new_grad_buf(o.shape[1])
+        target = state.grad_buf[below.row_start: below.row_start + below.num_rows]
+    return heads_backward(below.rows, o, tuple(params), grad_heads, target, needs_params)
 
 
 def source_grads(state: BackwardState, spans, stratum: int, needs) -> tuple:
@@ -261,15 +268,9 @@ class ReadLinear(torch.autograd.Function):
             if state.buf_users == 0:
                 state.release_buf()
         head_grads: list = [None] * n_heads
-        if ctx.below is not None and grad_heads is not None:
+        if ctx.below is not None:
             o, *params = rest
-            target = None
-            if needs[0]:
-                if state.grad_buf is None:
-                    state.new_grad_buf(o.shape[1])
-                a = ctx.below.row_start
-                target = state.grad_buf[a: a + ctx.below.num_rows]
-            head_grads = heads_backward(ctx.below.rows, o, tuple(params), grad_heads, target,
-                                        needs[n_sources:n_sources + n_heads])
+            head_grads = below_heads_backward(state, ctx.below, o, params, grad_heads, needs[0],
+                                              needs[n_sources:n_sources + n_heads])
         out = source_grads(state, ctx.spans, ctx.stratum_index, needs[:n_sources])
         return (None,) * 10 + out + tuple(head_grads) + (bias_grad, weight_grad, gene_grad)
