@@ -16,7 +16,8 @@ from torch.autograd.function import once_differentiable
 from dcell_core.nn.common import flat_add_
 from dcell_core.nn.native import ops
 from dcell_core.nn.stratum import RowRead, rows_add_
-from dcell_core.nn.stratum_ops import heads_backward, heads_forward, rows_lists
+from dcell_core.nn.stratum_ops import (add_gene_columns, gene_columns_grad, heads_backward, heads_forward,
+                                      rows_lists)
 
 # Bytes of gathered input rows per chunk of the fused read (`ReadLinear`): about a core's L2 cache. At batch 256 on
 # yeast_go's direct basis, 1 MiB chunks ran the fused read and first layer of strata 2-15 in 0.097 s against
@@ -223,9 +224,7 @@ class ReadLinear(torch.autograd.Function):
         z = ops().read_linear_forward(buf, read.index, bias.detach(), weight.detach(), n, w,
                                       list(stratum.weight_cols), start, ctx.chunk)
         if sparse is not None:
-            w_idx, o_idx, value = sparse
-            add = gene_weight.detach().index_select(0, w_idx)
-            flat_add_(z.view(-1), o_idx, add if value is None else add * value.to(z.dtype))
+            add_gene_columns(z.view(-1), sparse, gene_weight.detach())
         ctx.flat_shape = None if gene_weight is None else gene_weight.shape
         ctx.save_for_backward(weight, *(sources[:1] if below is not None else ()), *head_params)
         # (inside forward, grad mode is off: the caller says whether it was on)
@@ -259,10 +258,7 @@ class ReadLinear(torch.autograd.Function):
                 grad_z, state.buf, *ctx.read, weight.detach(), target, n, w, list(ctx.stratum.weight_cols), start,
                 bool(need_bias), bool(need_weight), ctx.chunk)
             if ctx.sparse is not None and need_genes:
-                w_idx, o_idx, value = ctx.sparse
-                gene_grad = grad_z.new_zeros(ctx.flat_shape)
-                picked = grad_z.view(-1).index_select(0, o_idx)
-                flat_add_(gene_grad, w_idx, picked if value is None else picked * value.to(grad_z.dtype))
+                gene_grad = gene_columns_grad(grad_z.view(-1), ctx.sparse, ctx.flat_shape)
         if ctx.counted:
             state.buf_users -= 1
             if state.buf_users == 0:

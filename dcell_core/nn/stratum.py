@@ -14,7 +14,7 @@ from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, TermSizes
 from dcell_core.nn.compact import Compact
 from dcell_core.nn.native import ops
 from dcell_core.nn.plan import BucketPlan
-from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, TanhNorm
+from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, TanhNorm, update_running_stats
 
 
 class RowRead(NamedTuple):
@@ -255,9 +255,7 @@ class Stratum(nn.Module):
             mean = (held * v0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, e)) / B
             d0, de = v0 - mean, e - mean.index_select(0, c.rows)
             var = (held * d0 * d0 + v0.new_zeros(self.num_rows).index_add(0, c.rows, de * de)) / B
-            with torch.no_grad():
-                rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
-                rv.mul_(1 - BN_MOMENTUM).add_(var.detach(), alpha=BN_MOMENTUM * B / (B - 1))
+            update_running_stats(rm, rv, mean, var, B)
         else:
             mean, var = rm, rv
             d0, de = v0 - mean, e - mean.index_select(0, c.rows)

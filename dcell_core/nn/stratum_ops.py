@@ -67,9 +67,7 @@ class StratumLinear(torch.autograd.Function):
                                                          for t in (weight, inp, dense_w, dense_inp)),
                                    shape[0], shape[1], list(weight_cols), dense_cols, cols, shape[2])
         if sparse is not None:
-            w_idx, o_idx, value = sparse
-            add = _cast(flat_weight, dtype).index_select(0, w_idx)
-            flat_add_(out, o_idx, add if value is None else add * value.to(dtype))
+            add_gene_columns(out, sparse, _cast(flat_weight, dtype))
         ctx.shape, ctx.cols, ctx.weight_cols, ctx.dense_cols = shape, cols, list(weight_cols), dense_cols
         ctx.sparse, ctx.dtype, ctx.batch = sparse, dtype, batch
         ctx.flat_shape = None if flat_weight is None else flat_weight.shape
@@ -88,13 +86,35 @@ class StratumLinear(torch.autograd.Function):
                                       isinstance(ctx.batch, int), list(needs[:5]))
         bias_grad = grads[0]
         grads = [None if g is None else g.view(t.shape) for g, t in zip(grads[1:], saved)]
-        flat_grad = None
-        if ctx.sparse is not None and needs[5]:
-            w_idx, o_idx, value = ctx.sparse
-            flat_grad = grad.new_zeros(ctx.flat_shape)
-            picked = grad.index_select(0, o_idx)
-            flat_add_(flat_grad, w_idx, picked if value is None else picked * value.to(grad.dtype))
+        flat_grad = gene_columns_grad(grad, ctx.sparse, ctx.flat_shape) if ctx.sparse is not None and needs[5] else None
         return (None, None, None, None, None, bias_grad, *grads, flat_grad)
+
+
+def add_gene_columns(out: torch.Tensor, sparse: tuple, flat_weight: torch.Tensor) -> None:
+    """The sparse gene columns of a first layer, added in place into the flat output `out`: out[o_idx[e]] +=
+    flat_weight[w_idx[e]] * value[e] for every element e of `sparse` = (w_idx, o_idx, value or None: all ones), in
+    element order (`flat_add_`, deterministic)."""
+    w_idx, o_idx, value = sparse
+    add = flat_weight.index_select(0, w_idx)
+    flat_add_(out, o_idx, add if value is None else add * value.to(out.dtype))
+
+
+def gene_columns_grad(grad: torch.Tensor, sparse: tuple, shape: torch.Size) -> torch.Tensor:
+    """Gradient of the flat gene weights (`shape`) of `add_gene_columns` from the flat output gradient `grad`."""
+    w_idx, o_idx, value = sparse
+    flat_grad = grad.new_zeros(shape)
+    picked = grad.index_select(0, o_idx)
+    flat_add_(flat_grad, w_idx, picked if value is None else picked * value.to(grad.dtype))
+    return flat_grad
+
+
+def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
+                         var: torch.Tensor, batch: int) -> None:
+    """Batch norm's running statistics after a training batch, as F.batch_norm updates them: momentum
+    BN_MOMENTUM, the batch's biased variance `var` made unbiased."""
+    with torch.no_grad():
+        running_mean.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
+        running_var.mul_(1 - BN_MOMENTUM).add_(var.detach(), alpha=BN_MOMENTUM * batch / (batch - 1))
 
 
 def rows_lists(rows: tuple[BucketRows, ...]) -> tuple[list[int], list[int], list[int]]:
@@ -135,9 +155,7 @@ class TanhNorm(torch.autograd.Function):
     def forward(ctx, z, gain, shift, running_mean, running_var, dest):
         h, t, mean, invstd, var = ops().tanh_norm_forward(z.contiguous(), gain.detach(), shift.detach(), NORM_EPS,
                                                           dest)
-        B = z.shape[1]
-        running_mean.mul_(1 - BN_MOMENTUM).add_(mean, alpha=BN_MOMENTUM)
-        running_var.mul_(1 - BN_MOMENTUM).add_(var, alpha=BN_MOMENTUM * B / (B - 1))
+        update_running_stats(running_mean, running_var, mean, var, z.shape[1])
         ctx.save_for_backward(t, mean, invstd, gain)
         return h
 
