@@ -172,19 +172,24 @@ void axpy(T* y, T a, const T* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
-// Sixteen partial sums, one per lane (independent, so the loop vectorizes without reordering any sum), added in
-// lane order at the end.
-template <typename T>
-DCELL_VECTOR_CLONES T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
+// The sum of term(c) for c < n in sixteen partial sums, one per lane (independent, so the loop vectorizes without
+// reordering any sum), added in lane order at the end; inlined into the vector-compiled callers.
+template <typename T, typename Term>
+inline __attribute__((always_inline)) T lane_sum(int64_t n, const Term& term) {
   T part[16] = {};
   int64_t c = 0;
   for (; c + 16 <= n; c += 16) {
-    for (int j = 0; j < 16; ++j) part[j] += x[c + j] * y[c + j];
+    for (int j = 0; j < 16; ++j) part[j] += term(c + j);
   }
-  for (; c < n; ++c) part[c % 16] += x[c] * y[c];
+  for (; c < n; ++c) part[c % 16] += term(c);
   T sum = 0;
   for (int j = 0; j < 16; ++j) sum += part[j];
   return sum;
+}
+
+template <typename T>
+DCELL_VECTOR_CLONES T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
+  return lane_sum<T>(n, [&](int64_t c) { return x[c] * y[c]; });
 }
 
 // The heads' kernels on the CPU for float and double, contiguous tensors of one dtype: one task per term,
@@ -513,45 +518,20 @@ namespace {
 
 int64_t row_block(int64_t batch) { return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(batch, 1)); }
 
-// Row loops with sixteen partial sums (one per lane, added in lane order at the end), as `dot`.
+// Row sums for batch norm, in lanes as `dot`: of x, of (x - m)^2, of g * (x - m).
 template <typename T>
 DCELL_VECTOR_CLONES T sum(const T* __restrict x, int64_t n) {
-  T part[16] = {};
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) {
-    for (int j = 0; j < 16; ++j) part[j] += x[c + j];
-  }
-  for (; c < n; ++c) part[c % 16] += x[c];
-  T total = 0;
-  for (int j = 0; j < 16; ++j) total += part[j];
-  return total;
+  return lane_sum<T>(n, [&](int64_t c) { return x[c]; });
 }
 
 template <typename T>
 DCELL_VECTOR_CLONES T centered_squares(const T* __restrict x, T m, int64_t n) {
-  T part[16] = {};
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) {
-    for (int j = 0; j < 16; ++j) part[j] += (x[c + j] - m) * (x[c + j] - m);
-  }
-  for (; c < n; ++c) part[c % 16] += (x[c] - m) * (x[c] - m);
-  T total = 0;
-  for (int j = 0; j < 16; ++j) total += part[j];
-  return total;
+  return lane_sum<T>(n, [&](int64_t c) { return (x[c] - m) * (x[c] - m); });
 }
 
-// sum of g * (x - m)
 template <typename T>
 DCELL_VECTOR_CLONES T centered_dot(const T* __restrict g, const T* __restrict x, T m, int64_t n) {
-  T part[16] = {};
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) {
-    for (int j = 0; j < 16; ++j) part[j] += g[c + j] * (x[c + j] - m);
-  }
-  for (; c < n; ++c) part[c % 16] += g[c] * (x[c] - m);
-  T total = 0;
-  for (int j = 0; j < 16; ++j) total += part[j];
-  return total;
+  return lane_sum<T>(n, [&](int64_t c) { return g[c] * (x[c] - m); });
 }
 
 template <typename T>
