@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dcell_core.nn.common import NumpyTanh, activation_fn, fast_tanh, flat_add_, ragged_ranges
+from dcell_core.nn.common import (NumpyTanh, activation_fn, fast_tanh, flat_add_, ragged_ranges,
+                                  ragged_ranges_by_scan)
 
 
 def _values(dtype: torch.dtype) -> torch.Tensor:
@@ -67,20 +68,35 @@ def test_flat_add_equals_index_add_bitwise_with_repeated_indices():
     assert torch.equal(got, want)
 
 
+def _scan(base, length, stride=1, total=None):
+    return ragged_ranges_by_scan(base, length, stride, int(length.sum()) if total is None else total)
+
+
+@pytest.mark.parametrize("impl", [ragged_ranges, _scan], ids=["cpu_kernel", "scan"])
 @pytest.mark.parametrize("stride", [1, 7, 256])
-def test_ragged_ranges_is_the_concatenation_of_the_runs(stride):
+def test_ragged_ranges_is_the_concatenation_of_the_runs(stride, impl):
     g = torch.Generator().manual_seed(1)
     length = torch.randint(1, 40, (500,), generator=g)
     length[::37] = 1  # runs of one element between longer ones
     base = torch.randint(-10_000, 10_000_000, (500,), generator=g)  # any order, negative and overlapping included
     expected = torch.cat([b + stride * torch.arange(n) for b, n in zip(base.tolist(), length.tolist())])
-    got = ragged_ranges(base, length, stride)
+    got = impl(base, length, stride)
     assert got.dtype == torch.long and torch.equal(got, expected)
-    assert torch.equal(ragged_ranges(base, length, stride, int(length.sum())), expected)
-    assert torch.equal(ragged_ranges(base[:1], length[:1], stride), expected[:int(length[0])])
-    assert ragged_ranges(base[:0], length[:0], stride).numel() == 0
+    assert torch.equal(impl(base, length, stride, int(length.sum())), expected)
+    assert torch.equal(impl(base[:1], length[:1], stride), expected[:int(length[0])])
+    assert impl(base[:0], length[:0], stride).numel() == 0
+    # strided inputs (a column of a table) and a run long enough to be split among threads
+    table = torch.stack([base[:20], length[:20] * 5000], 1)  # ~2 M elements
+    long_runs = torch.cat([b + stride * torch.arange(n) for b, n in zip(*table.t().tolist())])
+    assert torch.equal(impl(table[:, 0], table[:, 1], stride), long_runs)
 
 
-def test_ragged_ranges_refuses_an_empty_run():
+@pytest.mark.parametrize("impl", [ragged_ranges, _scan], ids=["cpu_kernel", "scan"])
+def test_ragged_ranges_refuses_an_empty_run(impl):
     with pytest.raises(ValueError, match="length >= 1, got 0"):
-        ragged_ranges(torch.tensor([5, 9, 20]), torch.tensor([2, 0, 3]))
+        impl(torch.tensor([5, 9, 20]), torch.tensor([2, 0, 3]))
+
+
+def test_ragged_ranges_refuses_a_wrong_total():
+    with pytest.raises(ValueError, match="total 6 is not the sum of the lengths, 5"):
+        ragged_ranges(torch.tensor([5, 9]), torch.tensor([2, 3]), 1, 6)

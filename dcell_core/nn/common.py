@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dcell_core.nn.config import ModelConfig
+from dcell_core.nn.native import ops
 from dcell_core.ontology.hierarchy import Hierarchy
 
 
@@ -84,12 +85,19 @@ def ragged_steps(count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def ragged_ranges(base: torch.Tensor, length: torch.Tensor, stride: int = 1, total: int | None = None
                   ) -> torch.Tensor:
     """The runs base[i], base[i] + stride, ..., base[i] + (length[i] - 1) * stride for every i, concatenated:
-    int64 [sum(length)] (`total`, when the caller knows it). Every length must be >= 1. Built as one fill, one
-    scatter of the jumps at the runs' starts and one cumulative sum: a few passes over the output instead of
-    the expansion of base per element (repeat_interleave) plus a step; see docs/performance.md, "On an Intel
-    Xeon machine"."""
+    int64 [sum(length)] (`total`, when the caller knows it). Every length must be >= 1. On the CPU one C++ loop
+    writes each element once (csrc ragged_ranges); elsewhere `ragged_ranges_by_scan`."""
     if total is None:
         total = int(length.sum())
+    if base.device.type == "cpu" and base.dtype == length.dtype == torch.long:
+        return ops().ragged_ranges(base.contiguous(), length.contiguous(), stride, total)
+    return ragged_ranges_by_scan(base, length, stride, total)
+
+
+def ragged_ranges_by_scan(base: torch.Tensor, length: torch.Tensor, stride: int, total: int) -> torch.Tensor:
+    """`ragged_ranges` from tensor ops on any device: one fill, one scatter of the jumps at the runs' starts and
+    one cumulative sum, a few passes over the output instead of the expansion of base per element
+    (repeat_interleave) plus a step; see docs/performance.md, "On an Intel Xeon machine"."""
     out = torch.full((total,), stride, dtype=torch.long, device=base.device)
     if len(length) == 0:
         return out

@@ -6,7 +6,7 @@
 // - CPU kernels: the heads for contiguous float and double tensors (one task per term, each row read once per
 //   pass), rows_add_ (torch.ops.dcell.rows_add_), the gradient of a row gather, one thread per destination row, and
 //   a stratum's children read fused with its first layer, in cache-sized chunks (read_linear_*), and tanh followed
-//   by batch norm in training, per row block (tanh_norm_*).
+//   by batch norm in training, per row block (tanh_norm_*), and ragged_ranges' index runs.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -634,7 +634,38 @@ std::vector<at::Tensor> tanh_norm_backward(const at::Tensor& grad, const at::Ten
   return {dz, dgain, dshift};
 }
 
+// ragged_ranges (dcell_core/nn/common.py) on the CPU: the runs base[i], base[i] + stride, ..., base[i] +
+// (length[i] - 1) * stride concatenated into a fresh int64 [total]; one write per element, runs split among
+// threads (about 32 Ki elements per task).
+at::Tensor ragged_ranges(const at::Tensor& base, const at::Tensor& length, int64_t stride, int64_t total) {
+  TORCH_CHECK_VALUE(base.device().is_cpu() && length.device().is_cpu() && base.scalar_type() == at::kLong &&
+                    length.scalar_type() == at::kLong && base.dim() == 1 && length.dim() == 1 &&
+                    base.numel() == length.numel() && base.is_contiguous() && length.is_contiguous(),
+                    "ragged_ranges: base and length must be contiguous int64 CPU vectors of one length, got ",
+                    base.sizes(), " ", base.scalar_type(), " and ", length.sizes(), " ", length.scalar_type());
+  int64_t m = base.numel();
+  const int64_t *bp = base.data_ptr<int64_t>(), *lp = length.data_ptr<int64_t>();
+  Ints first(m + 1, 0);
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK_VALUE(lp[i] >= 1, "ragged_ranges: every run needs length >= 1, got ", lp[i]);
+    first[i + 1] = first[i] + lp[i];
+  }
+  TORCH_CHECK_VALUE(first[m] == total, "ragged_ranges: total ", total, " is not the sum of the lengths, ", first[m]);
+  at::Tensor out = at::empty({total}, base.options());
+  int64_t* op = out.data_ptr<int64_t>();
+  int64_t grain = std::max<int64_t>(1, m * (int64_t(1) << 15) / std::max<int64_t>(total, 1));
+  at::parallel_for(0, m, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t* o = op + first[i];
+      int64_t v = bp[i];
+      for (int64_t r = 0, n = lp[i]; r < n; ++r) o[r] = v + r * stride;
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("ragged_ranges", &ragged_ranges);
   m.def("linear_forward", &linear_forward);
   m.def("linear_backward", &linear_backward);
   m.def("heads_forward", &heads_forward);
