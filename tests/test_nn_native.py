@@ -17,7 +17,7 @@ from benchmarks.model import synthetic_hierarchy
 from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, native, reads, stratum_dcell
 from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS
 from dcell_core.nn.stratum import RowRead, row_read, rows_add_
-from dcell_core.nn.stratum_ops import TanhNorm
+from dcell_core.nn.stratum_ops import BucketRows, TanhNorm
 
 
 def row_gather(num_rows: int, reads: int, seed: int) -> RowRead:
@@ -231,30 +231,57 @@ def test_read_linear_rejects_bad_input_with_one_clear_error():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batch", [2, 32, 37, 256])
-def test_tanh_norm_equals_batch_norm_of_tanh(dtype, batch):
+@pytest.mark.parametrize("batch", [2, 32, 37, 256, 2000])
+@pytest.mark.parametrize("heads", [False, True])
+def test_tanh_norm_equals_batch_norm_of_tanh(dtype, batch, heads):
     """TanhNorm (the CPU kernel of tanh then batch norm in training) against F.batch_norm(torch.tanh(z)): output,
-    the copy into `dest`, the running statistics and the gradients of z, gain and shift."""
+    the running statistics and the gradients of z, gain and shift; with the heads, also the heads against
+    heads_forward of that output (two buckets of terms, several row blocks at batch 2000), the output only in
+    `dest`, and the head parameters' gradients, the heads' gradient flowing into z's."""
     gen = torch.Generator().manual_seed(batch)
+    buckets = (BucketRows(0, 7, 4), BucketRows(28, 21, 2))
     rows = 70
     z = (2 * torch.randn(rows, batch, generator=gen, dtype=dtype)).requires_grad_(True)
     gain = torch.randn(rows, generator=gen, dtype=dtype).requires_grad_(True)
     shift = torch.randn(rows, generator=gen, dtype=dtype).requires_grad_(True)
+    head_w = torch.randn(rows, generator=gen, dtype=dtype).requires_grad_(True)
+    head_b = torch.randn(28, generator=gen, dtype=dtype).requires_grad_(True)
     stats = [torch.randn(rows, generator=gen, dtype=dtype), torch.rand(rows, generator=gen, dtype=dtype) + 0.5]
     want_stats = [s.clone() for s in stats]
     dest = torch.full((rows, batch), float("nan"), dtype=dtype)
-    out = TanhNorm.apply(z, gain, shift, *stats, dest)
     want = torch.nn.functional.batch_norm(torch.tanh(z).unsqueeze(0), *want_stats, gain, shift, True, BN_MOMENTUM,
                                           NORM_EPS).squeeze(0)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out, want, **tol)
-    assert torch.equal(dest, out.detach())
-    for got, expected in zip(stats, want_stats):
-        torch.testing.assert_close(got, expected, **tol)
     upstream = torch.randn(rows, batch, generator=gen, dtype=dtype)
-    grads = torch.autograd.grad(out, (z, gain, shift), upstream)
-    expected = torch.autograd.grad(want, (z, gain, shift), upstream)
+    params = (z, gain, shift)
+    if heads:
+        stand_in, got_heads = TanhNorm.apply(z, gain, shift, *stats, dest, buckets, head_w, head_b)
+        assert stand_in.shape == (rows, batch) and not stand_in.bool().any()  # the output is in dest only
+        out = dest
+        term = torch.tensor([i for i in range(7) for _ in range(4)] + [7 + i for i in range(21) for _ in range(2)])
+        want_heads = head_b.unsqueeze(1) + torch.zeros(28, batch, dtype=dtype).index_add(
+            0, term, head_w.unsqueeze(1) * want)
+        torch.testing.assert_close(got_heads, want_heads, **tol)
+        up_heads = torch.randn(28, batch, generator=gen, dtype=dtype)
+        params += (head_w, head_b)
+        grads = torch.autograd.grad((got_heads, stand_in), params, (up_heads, upstream))
+        expected = torch.autograd.grad((want_heads, want), params, (up_heads, upstream), retain_graph=True)
+        # without dest: the output returned, the same values; a backward with the heads' gradient alone
+        again, again_heads = TanhNorm.apply(z, gain, shift, *[s.clone() for s in stats], None, buckets, head_w,
+                                            head_b)
+        assert torch.equal(again, dest) and torch.equal(again_heads, got_heads)
+        for g, e in zip(torch.autograd.grad(again_heads, params, up_heads),
+                        torch.autograd.grad(want_heads, params, up_heads)):
+            torch.testing.assert_close(g, e, **tol)
+    else:
+        out = TanhNorm.apply(z, gain, shift, *stats, None, None, None, None)
+        grads = torch.autograd.grad(out, params, upstream)
+        expected = torch.autograd.grad(want, params, upstream)
+    torch.testing.assert_close(out, want, **tol)
+    for got, expect in zip(stats, want_stats):
+        torch.testing.assert_close(got, expect, **tol)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e, **tol)
     with pytest.raises(ValueError, match="batch norm needs more than one sample per row, got 1"):
-        native.ops().tanh_norm_forward(z.detach()[:, :1].contiguous(), gain.detach(), shift.detach(), 1e-5, None)
+        native.ops().tanh_norm_forward(z.detach()[:, :1].contiguous(), gain.detach(), shift.detach(), 1e-5, None,
+                                       None, None, [], [], [])

@@ -97,8 +97,9 @@ def test_an_abandoned_graph_frees_the_gradient_workspace():
     grads_of(fast, x, y)
     grad_ws = fast._grad_workspace.tensor
     loss = dcell_loss(fast(x), y, LossConfig())[0]
-    # backward only down to the root head: the lower reads never run, the workspace is never released
-    torch.autograd.grad(loss, [fast.strata[-1].head_bias])
+    # backward only down to the top stratum's first layer: its read takes the workspace, the lower reads never run,
+    # the workspace is never released
+    torch.autograd.grad(loss, [fast.strata[-1].child_weight])
     assert fast._grad_workspace.owner() is not None  # still held by the unfinished backward
     del loss
     gc.collect()

@@ -264,10 +264,17 @@ class Stratum(nn.Module):
         scale = inv * gain
         return d0 * scale + shift, de * scale.index_select(0, c.rows) + shift.index_select(0, c.rows)
 
-    def tanh_norm(self, h: torch.Tensor, k: int, dest: torch.Tensor | None) -> torch.Tensor:
-        """Batch norm of tanh(h) in training (`TanhNorm`), also written into `dest` when given."""
+    def tanh_norm(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Batch norm of tanh(h) in training (`TanhNorm`)."""
         return TanhNorm.apply(h, self.norm_weights[k], self.norm_biases[k], getattr(self, f"running_mean_{k}"),
-                              getattr(self, f"running_var_{k}"), dest)
+                              getattr(self, f"running_var_{k}"), None, None, None, None)
+
+    def tanh_norm_heads(self, h: torch.Tensor, k: int, dest: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch norm of tanh(h) in training and the stratum's heads [T_s, B] from it (`TanhNorm`); with `dest`,
+        the output written there only and a stand-in returned for it."""
+        return TanhNorm.apply(h, self.norm_weights[k], self.norm_biases[k], getattr(self, f"running_mean_{k}"),
+                              getattr(self, f"running_var_{k}"), dest, self.rows, self.head_weight, self.head_bias)
 
     def norm(self, h: torch.Tensor, k: int, norm_type: str, training: bool) -> torch.Tensor:
         if norm_type == "none":

@@ -13,9 +13,9 @@ made whole nor kept for backward.
 [R_s, B] tensor, activation and batch norm run on that tensor once per stratum, the stratum's output is copied
 into the buffer for the strata above, and the next stratum's read also computes this stratum's heads. No Python
 loop runs over terms or samples; the op count grows with strata and buckets. In training with tanh then batch
-norm (the default order) on float32/float64 CPU tensors, both run in one pass per row block that also writes the
-buffer (`TanhNorm`, stratum_ops.py). The activation buffer and the gradient buffer are reused from step to step
-(`Workspace`, reads.py).
+norm (the default order) on float32/float64 CPU tensors, both run in one pass per row block that also computes
+the stratum's heads and writes the output into the buffer only (`TanhNorm`, stratum_ops.py). The activation
+buffer and the gradient buffer are reused from step to step (`Workspace`, reads.py).
 
 On the sparse path with one layer and batch norm or none, stratum 0 is computed from its non-wild-type entries
 (`Stratum.compact_output`) and, batch by batch, the lowest strata above it at their terms' perturbed samples only
@@ -240,8 +240,10 @@ class StratumDCell(nn.Module):
                 for src, (a, b, _) in zip(sources, spans):
                     buf[a:b].copy_(src.reshape(b - a, B))
         norm_type, training = self.cfg.norm_type, self.training
-        below = None  # the stratum whose output is `sources`: its heads are computed by the next read
+        below = None  # the stratum whose output is `sources` when its heads are computed by the next read
         for s, stratum in enumerate([*self.strata, None]):
+            if stratum is None and below is None:  # the top stratum's heads are done
+                break
             genes = not sparse
             layout = None
             if counts is not None and 0 < s < len(self.strata) and formed == s and \
@@ -296,23 +298,28 @@ class StratumDCell(nn.Module):
                 v0 = None
                 h = parts[0] if fused else stratum.first_layer(parts, B, genes, entries[s])
                 layers = self.cfg.subsystem_layers
-                # tanh then batch norm in training, on the CPU: one pass per row block, the last layer's output
-                # written into the buffer as it is made (stratum_ops.TanhNorm)
+                # tanh then batch norm in training, on the CPU: one pass per row block; the last layer's also
+                # computes the stratum's heads and writes the output into the buffer only (`h` then stands in for
+                # its rows' gradient) unless the states are returned (stratum_ops.TanhNorm)
                 tanh_norm = (training and norm_type == "batch" and self.cfg.norm_order == "act_norm" and
                              self.cfg.activation == "tanh" and B > 1 and cpu_kernel_input(h))
                 for k in range(layers):
                     if k:
                         h = stratum.next_layer(h, k)
-                    if tanh_norm:
-                        h = stratum.tanh_norm(h, k, buf[a:a + R] if k == layers - 1 else None)
+                    if tanh_norm and k == layers - 1:
+                        h, head = stratum.tanh_norm_heads(h, k, None if return_states else buf[a:a + R])
+                    elif tanh_norm:
+                        h = stratum.tanh_norm(h, k)
                     elif self.cfg.norm_order == "act_norm":
                         h = stratum.norm(self.act(h), k, norm_type, training)
                     else:
                         h = self.act(stratum.norm(h, k, norm_type, training))
-                if not tanh_norm:
+                if not tanh_norm or return_states:
                     with torch.no_grad():
                         buf[a:a + R].copy_(h)
-                below = stratum
+                if tanh_norm:
+                    heads.append(head)
+                below = None if tanh_norm else stratum
             sources, spans = [h], [(a, a + R, h.shape)]
             outs.append(h)
         state.last_reader = min(readers, default=-1)

@@ -148,21 +148,46 @@ class TanhNorm(torch.autograd.Function):
     """batch_norm(tanh(z)) per row of z [R_s, B] over the batch, in training (the act_norm order with tanh), on
     contiguous float32/float64 CPU tensors: csrc tanh_norm_forward / tanh_norm_backward, one pass per row block
     where tanh, batch norm's two passes and the copy into the activation buffer each read the whole tensor. The
-    running statistics are updated as F.batch_norm updates them (the unbiased variance); `dest`, when given,
-    receives the output too (the stratum's rows of the activation buffer)."""
+    running statistics are updated as F.batch_norm updates them (the unbiased variance).
+
+    With `rows` (the stratum's buckets) and the head parameters, also returns the stratum's heads [T_s, B]
+    (bucket-slot order, as `heads_forward`), summed from each term's rows while they are in cache, and backward
+    adds their input gradient to each row's on the fly: no separate pass over the stratum's output reads it for
+    the heads, nor adds their gradient into the gradient buffer. The stratum's output is then read only from the
+    activation buffer, so with `dest` (its rows there) it is written there only and the tensor returned for it is
+    a stand-in of its shape (zeros) that carries its gradient, as compact.ExpandIntoBuffer's."""
 
     @staticmethod
-    def forward(ctx, z, gain, shift, running_mean, running_var, dest):
-        h, t, mean, invstd, var = ops().tanh_norm_forward(z.contiguous(), gain.detach(), shift.detach(), NORM_EPS,
-                                                          dest)
+    def forward(ctx, z, gain, shift, running_mean, running_var, dest, rows, head_weight, head_bias):
+        heads = rows is not None
+        if dest is not None and not heads:
+            raise ValueError("TanhNorm: the output is written only into `dest` when the heads are computed here")
+        n, w, start = rows_lists(rows) if heads else ([], [], [])
+        h, t, mean, invstd, var, head_out = ops().tanh_norm_forward(
+            z.contiguous(), gain.detach(), shift.detach(), NORM_EPS, dest,
+            head_weight.detach() if heads else None, head_bias.detach() if heads else None, n, w, start)
         update_running_stats(running_mean, running_var, mean, var, z.shape[1])
-        ctx.save_for_backward(t, mean, invstd, gain)
-        return h
+        ctx.save_for_backward(t, mean, invstd, gain, shift, *((head_weight, head_bias) if heads else ()))
+        ctx.rows = rows
+        ctx.set_materialize_grads(False)
+        if not heads:
+            return h
+        return (h if dest is None else z.new_zeros(1).expand(z.shape)), head_out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
-        t, mean, invstd, gain = ctx.saved_tensors
-        dz, dgain, dshift = ops().tanh_norm_backward(grad.contiguous(), t, mean, invstd, gain.detach())
+    def backward(ctx, grad, grad_heads=None):
+        t, mean, invstd, gain, shift, *head_params = ctx.saved_tensors
+        heads = ctx.rows is not None
+        if grad is None and (not heads or grad_heads is None):
+            return (None,) * 9
+        if heads and grad_heads is None:
+            grad_heads = torch.zeros(len(head_params[1]), t.shape[1], dtype=t.dtype)
+        n, w, start = rows_lists(ctx.rows) if heads else ([], [], [])
+        dz, dgain, dshift, dhead = ops().tanh_norm_backward(
+            None if grad is None else grad.contiguous(), t, mean, invstd, gain.detach(), shift.detach(),
+            grad_heads.contiguous() if heads else None, *(p.detach() for p in head_params) if heads else (None, None),
+            n, w, start)
         needs = ctx.needs_input_grad
-        return dz, dgain if needs[1] else None, dshift if needs[2] else None, None, None, None
+        head_grads = (dhead if needs[7] else None, grad_heads.sum(-1) if needs[8] else None) if heads else (None,) * 2
+        return (dz, dgain if needs[1] else None, dshift if needs[2] else None, None, None, None, None, *head_grads)

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <functional>
 #include <initializer_list>
+#include <tuple>
 #include <utility>
 #include <string>
 #include <vector>
@@ -510,13 +511,13 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
 
 // ---- tanh then batch norm per row, in training (norm_order act_norm, the default) -----------------------------
 // The stratum tensor z [R_s, B] is one neuron per row; batch norm's statistics are per row over the batch. In row
-// blocks of 64 KiB (in L2): t = tanh(z) (ATen's vectorized kernel), then per row its mean and biased variance
-// (sixteen lanes of partial sums, as `dot`), and h = (t - mean) * invstd * gain + shift written to h and, when
-// given, to `dest` (the stratum's rows of the activation buffer), where separate ops read and wrote the whole
-// tensor once each (tanh, two passes of batch norm, the copy into the buffer). Backward likewise per row.
+// blocks of 512 KiB (in L2): t = tanh(z) (ATen's vectorized kernel), then per row its mean and biased variance
+// (sixteen lanes of partial sums, as `dot`), and h = (t - mean) * invstd * gain + shift written to h, or only to
+// `dest` (the stratum's rows of the activation buffer) when given, where separate ops read and wrote the whole
+// tensor once each (tanh, two passes of batch norm, the copy into the buffer); with the stratum's heads, each
+// term's head is summed from its rows of h while they are in cache (where the next stratum's read read them
+// again). Backward likewise per row, the heads' gradient added to the row's on the fly.
 namespace {
-
-int64_t row_block(int64_t batch) { return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(batch, 1)); }
 
 // Row sums for batch norm, in lanes as `dot`: of x, of (x - m)^2, of g * (x - m).
 template <typename T>
@@ -559,10 +560,51 @@ void check_vector(const at::Tensor& t, int64_t rows, at::ScalarType dtype, const
 
 }  // namespace
 
-// Returns h [R, B], t = tanh(z) [R, B] (for backward), and per row mean, invstd = 1 / sqrt(var + eps) and the
-// biased variance var (for the running statistics), [R] each.
+namespace {
+
+// Row blocks of tanh_norm_* (each tanh'ed by one ATen call, then its rows, in L2, one by one); with the heads of
+// the stratum, its terms in bucket-slot order (term i's rows row[i] .. row[i] + width[i] - 1, one after another
+// from row 0 to R), the blocks cut at term boundaries (heads[i] is written by one thread).
+struct TermBlocks {
+  Ints row, width, cut, tcut;  // cut: block b is rows [cut[b], cut[b + 1]), terms [tcut[b], tcut[b + 1])
+  TermBlocks(int64_t R, int64_t B, const Opt& head_weight, const Opt& head_bias, const Ints& n, const Ints& w,
+             const Ints& start, at::ScalarType dtype) {
+    int64_t per = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(B, 1));  // 512 KiB of float rows
+    if (!head_weight.has_value()) {
+      for (int64_t r = 0; r < R; r += per) cut.push_back(r);
+      cut.push_back(R);
+      return;
+    }
+    TORCH_CHECK_VALUE(head_bias.has_value(), "tanh_norm: head weights without head biases");
+    check_vector(*head_weight, R, dtype, "head_weight");
+    std::tie(row, width) = term_rows(n, w, start);
+    int64_t T = int64_t(row.size());
+    check_vector(*head_bias, T, dtype, "head_bias");
+    cut.push_back(0);
+    tcut.push_back(0);
+    for (int64_t i = 0; i < T; ++i) {
+      TORCH_CHECK_VALUE(row[i] == (i ? row[i - 1] + width[i - 1] : 0), "tanh_norm: the terms' rows must follow "
+                        "one another from row 0, term ", i, " starts at row ", row[i]);
+      int64_t end = row[i] + width[i];
+      if (end - cut.back() >= per || i == T - 1) {
+        cut.push_back(end);
+        tcut.push_back(i + 1);
+      }
+    }
+    TORCH_CHECK_VALUE(cut.back() == R, "tanh_norm: the terms cover ", cut.back(), " rows of ", R);
+  }
+  bool heads() const { return !tcut.empty(); }
+};
+
+}  // namespace
+
+// Returns h [R, B] (`dest` itself when given: the output is written there only), t = tanh(z) [R, B] (for
+// backward), per row mean, invstd = 1 / sqrt(var + eps) and the biased variance var (for the running statistics),
+// [R] each, and, with head_weight [R] and head_bias [T] (the buckets n, w, start), the terms' heads [T, B]
+// computed from h as heads_forward computes them, each term's rows read while in cache.
 std::vector<at::Tensor> tanh_norm_forward(const at::Tensor& z, const at::Tensor& gain, const at::Tensor& shift,
-                                          double eps, const Opt& dest) {
+                                          double eps, const Opt& dest, const Opt& head_weight, const Opt& head_bias,
+                                          const Ints& n, const Ints& w, const Ints& start) {
   TORCH_CHECK_VALUE(z.dim() == 2 && (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
                     "tanh_norm_forward: z must be a float or double [R, B] tensor, got ", z.sizes(), " ",
                     z.scalar_type());
@@ -572,66 +614,120 @@ std::vector<at::Tensor> tanh_norm_forward(const at::Tensor& z, const at::Tensor&
   check_vector(gain, R, z.scalar_type(), "gain");
   check_vector(shift, R, z.scalar_type(), "shift");
   if (dest.has_value()) check_rows(*dest, R, B, z.scalar_type(), "dest");
-  at::Tensor h = at::empty({R, B}, z.options()), t = at::empty({R, B}, z.options());
+  TermBlocks blocks(R, B, head_weight, head_bias, n, w, start, z.scalar_type());
+  at::Tensor h = dest.has_value() ? *dest : at::empty({R, B}, z.options()), t = at::empty({R, B}, z.options());
   at::Tensor mean = at::empty({R}, z.options()), invstd = at::empty({R}, z.options());
   at::Tensor var = at::empty({R}, z.options());
+  at::Tensor heads = blocks.heads() ? at::empty({int64_t(blocks.row.size()), B}, z.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "tanh_norm_forward", [&] {
     const scalar_t* gp = gain.data_ptr<scalar_t>();
     const scalar_t* sp = shift.data_ptr<scalar_t>();
     scalar_t* tp = t.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    scalar_t* dp = dest.has_value() ? dest->data_ptr<scalar_t>() : nullptr;
     scalar_t *mp = mean.data_ptr<scalar_t>(), *ip = invstd.data_ptr<scalar_t>(), *vp = var.data_ptr<scalar_t>();
-    at::parallel_for(0, R, row_block(B), [&](int64_t r0, int64_t r1) {
-      at::Tensor tb = t.narrow(0, r0, r1 - r0);
-      at::tanh_out(tb, z.narrow(0, r0, r1 - r0));
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = tp + r * B;
-        scalar_t m = sum(row, B) / scalar_t(B);
-        scalar_t v = centered_squares(row, m, B) / scalar_t(B);
-        scalar_t inv = scalar_t(1) / std::sqrt(v + scalar_t(eps));
-        mp[r] = m;
-        ip[r] = inv;
-        vp[r] = v;
-        scalar_t* out = hp + r * B;
-        affine(out, row, m, inv * gp[r], sp[r], B);
-        if (dp) std::copy(out, out + B, dp + r * B);
+    auto row_out = [&](int64_t r) {
+      const scalar_t* row = tp + r * B;
+      scalar_t m = sum(row, B) / scalar_t(B);
+      scalar_t v = centered_squares(row, m, B) / scalar_t(B);
+      scalar_t inv = scalar_t(1) / std::sqrt(v + scalar_t(eps));
+      mp[r] = m;
+      ip[r] = inv;
+      vp[r] = v;
+      affine(hp + r * B, row, m, inv * gp[r], sp[r], B);
+    };
+    at::parallel_for(0, int64_t(blocks.cut.size()) - 1, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t r0 = blocks.cut[b], r1 = blocks.cut[b + 1];
+        at::Tensor tb = t.narrow(0, r0, r1 - r0);
+        at::tanh_out(tb, z.narrow(0, r0, r1 - r0));
+        if (!blocks.heads()) {
+          for (int64_t r = r0; r < r1; ++r) row_out(r);
+          continue;
+        }
+        const scalar_t* hw = head_weight->data_ptr<scalar_t>();
+        const scalar_t* hb = head_bias->data_ptr<scalar_t>();
+        scalar_t* heads_p = heads.data_ptr<scalar_t>();
+        for (int64_t i = blocks.tcut[b]; i < blocks.tcut[b + 1]; ++i) {
+          scalar_t* head = heads_p + i * B;
+          for (int64_t c = 0; c < B; ++c) head[c] = hb[i];
+          for (int64_t r = blocks.row[i]; r < blocks.row[i] + blocks.width[i]; ++r) {
+            row_out(r);
+            axpy(head, hw[r], hp + r * B, B);
+          }
+        }
       }
     });
   });
-  return {h, t, mean, invstd, var};
+  return {h, t, mean, invstd, var, heads};
 }
 
-// Backward of tanh_norm_forward from grad [R, B]: {z's gradient, gain's, shift's}, per row dt = gain * invstd *
-// (g - mean(g) - xhat * mean(g * xhat)) with xhat = (t - mean) * invstd, and dz = dt * (1 - t^2).
-std::vector<at::Tensor> tanh_norm_backward(const at::Tensor& grad, const at::Tensor& t, const at::Tensor& mean,
-                                           const at::Tensor& invstd, const at::Tensor& gain) {
+// Backward of tanh_norm_forward from grad [R, B] (undefined: zero) and, with the heads, their gradient
+// grad_heads [T, B]: {z's gradient, gain's, shift's, the head weights' (with the heads)}. Per row, the head's
+// input gradient head_weight * grad_heads is added to grad (as heads_backward adds it into the gradient buffer),
+// the head weight's gradient is grad_heads . h (h made again from t), then dt = gain * invstd * (g - mean(g) -
+// xhat * mean(g * xhat)) with xhat = (t - mean) * invstd, and dz = dt * (1 - t^2).
+std::vector<at::Tensor> tanh_norm_backward(const Opt& grad, const at::Tensor& t, const at::Tensor& mean,
+                                           const at::Tensor& invstd, const at::Tensor& gain, const at::Tensor& shift,
+                                           const Opt& grad_heads, const Opt& head_weight, const Opt& head_bias,
+                                           const Ints& n, const Ints& w, const Ints& start) {
   int64_t R = t.size(0), B = t.size(1);
   at::ScalarType dtype = t.scalar_type();
   check_rows(t, R, B, dtype, "t");
-  check_rows(grad, R, B, dtype, "the gradient");
+  if (grad.has_value()) check_rows(*grad, R, B, dtype, "the gradient");
   check_vector(mean, R, dtype, "mean");
   check_vector(invstd, R, dtype, "invstd");
   check_vector(gain, R, dtype, "gain");
+  check_vector(shift, R, dtype, "shift");
+  TermBlocks blocks(R, B, head_weight, head_bias, n, w, start, dtype);
+  TORCH_CHECK_VALUE(blocks.heads() || grad.has_value(), "tanh_norm_backward: no gradient for the output");
+  if (blocks.heads()) {
+    TORCH_CHECK_VALUE(grad_heads.has_value(), "tanh_norm_backward: the heads need their gradient");
+    check_rows(*grad_heads, int64_t(blocks.row.size()), B, dtype, "the heads' gradient");
+  }
   at::Tensor dz = at::empty({R, B}, t.options());
   at::Tensor dgain = at::empty({R}, t.options()), dshift = at::empty({R}, t.options());
+  at::Tensor dhead = blocks.heads() ? at::empty({R}, t.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "tanh_norm_backward", [&] {
-    const scalar_t *gp = grad.data_ptr<scalar_t>(), *tp = t.data_ptr<scalar_t>();
+    const scalar_t* gp = grad.has_value() ? grad->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* tp = t.data_ptr<scalar_t>();
     const scalar_t *mp = mean.data_ptr<scalar_t>(), *ip = invstd.data_ptr<scalar_t>();
-    const scalar_t* wp = gain.data_ptr<scalar_t>();
+    const scalar_t *wp = gain.data_ptr<scalar_t>(), *sp = shift.data_ptr<scalar_t>();
     scalar_t *dp = dz.data_ptr<scalar_t>(), *gw = dgain.data_ptr<scalar_t>(), *gs = dshift.data_ptr<scalar_t>();
-    at::parallel_for(0, R, row_block(B), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t *g = gp + r * B, *x = tp + r * B;
-        scalar_t m = mp[r], inv = ip[r];
-        scalar_t sum_g = sum(g, B), sum_gx = centered_dot(g, x, m, B) * inv;
-        gw[r] = sum_gx;
-        gs[r] = sum_g;
-        norm_tanh_grad(dp + r * B, g, x, m, inv, wp[r] * inv, sum_g / scalar_t(B), sum_gx / scalar_t(B), B);
+    // one row: its output gradient g (plus the head's), then the batch norm and tanh backward
+    auto row_grad = [&](int64_t r, const scalar_t* g) {
+      const scalar_t* x = tp + r * B;
+      scalar_t m = mp[r], inv = ip[r];
+      scalar_t sum_g = sum(g, B), sum_gx = centered_dot(g, x, m, B) * inv;
+      gw[r] = sum_gx;
+      gs[r] = sum_g;
+      norm_tanh_grad(dp + r * B, g, x, m, inv, wp[r] * inv, sum_g / scalar_t(B), sum_gx / scalar_t(B), B);
+    };
+    at::parallel_for(0, int64_t(blocks.cut.size()) - 1, 1, [&](int64_t b0, int64_t b1) {
+      if (!blocks.heads()) {
+        for (int64_t r = blocks.cut[b0]; r < blocks.cut[b1]; ++r) row_grad(r, gp + r * B);
+        return;
+      }
+      const scalar_t* ghp = grad_heads->data_ptr<scalar_t>();
+      const scalar_t* hw = head_weight->data_ptr<scalar_t>();
+      scalar_t* dh = dhead.data_ptr<scalar_t>();
+      std::vector<scalar_t> g(B), o(B);
+      for (int64_t i = blocks.tcut[b0]; i < blocks.tcut[b1]; ++i) {
+        const scalar_t* gh = ghp + i * B;
+        for (int64_t r = blocks.row[i]; r < blocks.row[i] + blocks.width[i]; ++r) {
+          if (gp) {
+            std::copy(gp + r * B, gp + (r + 1) * B, g.data());
+          } else {
+            std::fill(g.begin(), g.end(), scalar_t(0));
+          }
+          affine(o.data(), tp + r * B, mp[r], ip[r] * wp[r], sp[r], B);
+          dh[r] = dot(gh, o.data(), B);
+          axpy(g.data(), hw[r], gh, B);
+          row_grad(r, g.data());
+        }
       }
     });
   });
-  return {dz, dgain, dshift};
+  return {dz, dgain, dshift, dhead};
 }
 
 // ragged_ranges (dcell_core/nn/common.py) on the CPU: the runs base[i], base[i] + stride, ..., base[i] +
