@@ -17,7 +17,7 @@ from benchmarks.model import synthetic_hierarchy
 from dcell_core.nn import LossConfig, ModelConfig, build_dcell, dcell_loss, native, reads, stratum_dcell
 from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS
 from dcell_core.nn.stratum import RowRead, row_read, rows_add_
-from dcell_core.nn.stratum_ops import BucketRows, TanhNorm
+from dcell_core.nn.stratum_ops import BucketRows, GeneSlots, TanhNorm, add_gene_columns, gene_columns_grad
 
 
 def row_gather(num_rows: int, reads: int, seed: int) -> RowRead:
@@ -174,15 +174,19 @@ def counted(fn, calls: list):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("chunk_bytes", [None, 64])
 @pytest.mark.parametrize("batch", [24, 160])
-def test_fused_read_equals_the_gather_and_matmuls(dtype, chunk_bytes, batch, monkeypatch):
+@pytest.mark.parametrize("values", ["binary", "weighted"])
+def test_fused_read_equals_the_gather_and_matmuls(dtype, chunk_bytes, batch, values, monkeypatch):
     """The children read fused with the first layer (in chunks of terms; 64 bytes: one term per chunk) against the
     gather + per-bucket matmuls + row add it replaces: the same output, gradients and batch-norm statistics, bit
-    for bit (same matmuls on row blocks of the same views, the row additions in the same order). Batch 24: rows
-    under 512 bytes, the input gradient added whole by rows_add_; batch 160: added chunk by chunk."""
+    for bit (same matmuls on row blocks of the same views, the row additions in the same order, the gene columns
+    added per chunk in the order of the whole-stratum scatter). Batch 24: rows under 512 bytes, the input gradient
+    added whole by rows_add_; batch 160: added chunk by chunk. "weighted": genotype values other than 1."""
     h = synthetic_hierarchy(num_genes=300, strata=[40, 25, 12, 6, 2, 1], annotations_per_gene=3.0, seed=1)
     gen = torch.Generator().manual_seed(2)
     x = torch.zeros(batch, h.num_genes, dtype=dtype)
     x[torch.arange(batch).repeat_interleave(3), torch.randint(h.num_genes, (3 * batch,), generator=gen)] = 1.0
+    if values == "weighted":
+        x *= torch.rand(batch, h.num_genes, generator=gen, dtype=dtype) + 0.5
     y = torch.randn(batch, generator=gen, dtype=dtype)
     out_f, grads_f, state_f, calls_f = fused_read_step(h, x, y, True, monkeypatch, chunk_bytes)
     out_u, grads_u, state_u, calls_u = fused_read_step(h, x, y, False, monkeypatch, chunk_bytes)
@@ -221,13 +225,66 @@ def test_read_linear_rejects_bad_input_with_one_clear_error():
     buf = torch.zeros(10, 4)
     index = torch.tensor([1, 2, 3, 0, 4, 5], dtype=torch.long)  # one bucket: 2 terms x 3 children rows
     bias, weight = torch.zeros(2 * 2), torch.zeros(2 * 2 * 3)
+    no_genes = (None, None, None)
     with pytest.raises(ValueError, match="weight has 11 elements and the index 6, the buckets' blocks 12 and 6"):
-        ops.read_linear_forward(buf, index, bias, weight[:11], [2], [2], [3], [0], 1 << 20)
+        ops.read_linear_forward(buf, index, bias, weight[:11], [2], [2], [3], [0], 1 << 20, *no_genes)
     with pytest.raises(ValueError, match="contiguous float or double CPU"):
-        ops.read_linear_forward(buf.t(), index, bias, weight, [2], [2], [3], [0], 1 << 20)
+        ops.read_linear_forward(buf.t(), index, bias, weight, [2], [2], [3], [0], 1 << 20, *no_genes)
     with pytest.raises(IndexError, match="index 12 outside the 10 buffer rows"):
         ops.read_linear_backward(torch.zeros(4, 4), buf, *RowRead(*map(torch.from_numpy, row_read(
-            np.array([1, 2, 12, 0, 4, 5])))), weight, torch.zeros(10, 4), [2], [2], [3], [0], True, True, 1 << 20)
+            np.array([1, 2, 12, 0, 4, 5])))), weight, torch.zeros(10, 4), [2], [2], [3], [0], True, True, 1 << 20,
+            *no_genes)
+    # gene slots (row, length, column, sample), sorted by row, inside the stratum's rows, gene weights and batch
+    gene_weight = torch.zeros(6)
+    for slots, what in ((torch.tensor([[2, 2, 0, 1], [0, 2, 2, 3]]), "gene slot 1 .row 0, length 2, column 2, "
+                         "sample 3. is out of order"),
+                        (torch.tensor([[3, 2, 0, 1]]), "gene slot 0 .row 3, length 2.* outside the 4 rows"),
+                        (torch.tensor([[0, 2, 5, 1]]), "gene slot 0 .* outside the 4 rows, 6 gene weights"),
+                        (torch.tensor([[0, 2, 0, 4]]), "sample 4. .* or 4 samples")):
+        with pytest.raises(ValueError, match=what):
+            ops.read_linear_forward(buf, index, bias, weight, [2], [2], [3], [0], 1 << 20, slots, gene_weight, None)
+    with pytest.raises(ValueError, match="one per slot"):
+        ops.read_linear_forward(buf, index, bias, weight, [2], [2], [3], [0], 1 << 20,
+                                torch.tensor([[0, 2, 0, 1]]), gene_weight, torch.ones(2))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fused_read_gene_slots_equal_the_element_scatter(weighted):
+    """The gene columns of the fused read, applied per chunk from slots (split among threads at row boundaries when
+    a chunk holds many), against the per-element scatter (`add_gene_columns`, `gene_columns_grad`) after the
+    matmuls: the same output and gene weight gradient bit for bit, with many slots adding into the same elements
+    (two genes of one term disrupted in one sample) and one term's gene column hit in many samples."""
+    gen = torch.Generator().manual_seed(5)
+    n, w, k, B, rows_buf = 40, 6, 5, 64, 300
+    buf = torch.randn(rows_buf, B, generator=gen, dtype=torch.float64)
+    index = torch.randint(1, rows_buf, (n * k,), generator=gen)
+    bias = torch.randn(n * w, generator=gen, dtype=torch.float64)
+    weight = torch.randn(n * w * k, generator=gen, dtype=torch.float64)
+    genes_per_term = 7
+    gene_weight = torch.randn(n * w * genes_per_term, generator=gen, dtype=torch.float64)
+    m = 6000
+    term = torch.randint(0, n, (m,), generator=gen)
+    col = term * w * genes_per_term + torch.randint(0, genes_per_term, (m,), generator=gen) * w
+    length = torch.randint(1, w + 1, (m,), generator=gen)
+    b = torch.randint(0, B, (m,), generator=gen)
+    order = torch.sort(term, stable=True).indices
+    slots = GeneSlots(term[order] * w, length[order], col[order], b[order],
+                      torch.rand(m, generator=gen, dtype=torch.float64)[order] + 0.5 if weighted else None, B)
+    ops = native.ops()
+    args = ([n], [w], [k], [0], 1 << 30)  # one chunk: all slots at once
+    got = ops.read_linear_forward(buf, index, bias, weight, *args, slots.table, gene_weight, slots.value)
+    want = ops.read_linear_forward(buf, index, bias, weight, *args, None, None, None)
+    add_gene_columns(want.view(-1), slots.elements(), gene_weight)
+    assert torch.equal(got, want)
+    grad = torch.randn(n * w, B, generator=gen, dtype=torch.float64)
+    read = RowRead(*map(torch.from_numpy, row_read(index.numpy())))
+    got_grads = ops.read_linear_backward(grad, buf, *read, weight, None, *args[:4], True, True, args[4], slots.table,
+                                         gene_weight, slots.value)
+    want_grads = ops.read_linear_backward(grad, buf, *read, weight, None, *args[:4], True, True, args[4], None,
+                                          None, None)
+    assert want_grads[2] is None
+    assert torch.equal(got_grads[0], want_grads[0]) and torch.equal(got_grads[1], want_grads[1])
+    assert torch.equal(got_grads[2], gene_columns_grad(grad.view(-1), slots.elements(), gene_weight.shape))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -16,8 +16,7 @@ from torch.autograd.function import once_differentiable
 from dcell_core.nn.common import flat_add_
 from dcell_core.nn.native import ops
 from dcell_core.nn.stratum import RowRead, rows_add_
-from dcell_core.nn.stratum_ops import (add_gene_columns, gene_columns_grad, heads_backward, heads_forward,
-                                      rows_lists)
+from dcell_core.nn.stratum_ops import GeneSlots, heads_backward, heads_forward, rows_lists
 
 # Bytes of gathered input rows per chunk of the fused read (`ReadLinear`): about a core's L2 cache. At batch 256 on
 # yeast_go's direct basis, 1 MiB chunks ran the fused read and first layer of strata 2-15 in 0.097 s against
@@ -156,6 +155,14 @@ class ReadStratum(torch.autograd.Function):
         return (None,) * 10 + out + tuple(head_grads)
 
 
+def _gene_args(sparse: GeneSlots | None, gene_weight: torch.Tensor | None, dtype: torch.dtype) -> tuple:
+    """The (slots, gene weights, values) arguments of csrc read_linear_*: all None without gene slots."""
+    if sparse is None:
+        return None, None, None
+    value = None if sparse.value is None else sparse.value.to(dtype)
+    return sparse.table, gene_weight.detach(), value
+
+
 def below_heads_backward(state: BackwardState, below, o: torch.Tensor, params, grad_heads: torch.Tensor | None,
                          needs_source: bool, needs_params) -> list:
     """Backward of the heads of the stratum below (output `o`) computed by a read: their input gradient added in
@@ -200,14 +207,16 @@ def fuses_read(buf: torch.Tensor, groups: list[bool]) -> bool:
 
 class ReadLinear(torch.autograd.Function):
     """`ReadStratum` of a stratum that reads only its children's rows (one `RowRead`; the sparse gene path),
-    fused with its first layer (`StratumLinear`, the gene columns from the nonzero genotype entries `sparse`):
-    returns the pre-activation [R_s, B] and, when `below` is given, the heads of the stratum below. The gathered
-    inputs ([sum n * c_max, B], at batch 256 several times the stratum's output) are never made whole: each bucket
-    runs in chunks of terms whose gathered rows fit in READ_CHUNK_BYTES, gathered and multiplied while in cache
-    (csrc read_linear_forward); backward gathers each chunk again from the activation buffer for the weight
-    gradient and adds the chunk's input gradient into the shared gradient buffer from cache. The activation buffer
-    is therefore kept until the last such backward has run (`BackwardState.buf_users`). Results equal those of
-    ReadStratum + StratumLinear; the row additions are made in the same order as `rows_add_`'s."""
+    fused with its first layer (`StratumLinear`, the gene columns from the nonzero genotype entries `sparse`, a
+    `GeneSlots`): returns the pre-activation [R_s, B] and, when `below` is given, the heads of the stratum below.
+    The gathered inputs ([sum n * c_max, B], at batch 256 several times the stratum's output) are never made whole:
+    each bucket runs in chunks of terms whose gathered rows fit in READ_CHUNK_BYTES, gathered and multiplied while
+    in cache, the chunk's gene columns added then too (csrc read_linear_forward); backward gathers each chunk again
+    from the activation buffer for the weight gradient, takes the gene weights' gradient from the chunk's output
+    gradient and adds the chunk's input gradient into the shared gradient buffer, all from cache. The activation
+    buffer is therefore kept until the last such backward has run (`BackwardState.buf_users`). Results equal those
+    of ReadStratum + StratumLinear; the row additions are made in the same order as `rows_add_`'s, the gene
+    columns' in that of `add_gene_columns`."""
 
     @staticmethod
     def forward(ctx, buf, read: RowRead, state, stratum_index, spans, below, stratum, sparse, grad_enabled, n_sources,
@@ -221,11 +230,9 @@ class ReadLinear(torch.autograd.Function):
                                                                                       spans, below, stratum)
         ctx.n_sources, ctx.sparse, ctx.chunk = n_sources, sparse, READ_CHUNK_BYTES // buf.element_size()
         n, w, start = rows_lists(stratum.rows)
+        genes = _gene_args(sparse, gene_weight, buf.dtype)
         z = ops().read_linear_forward(buf, read.index, bias.detach(), weight.detach(), n, w,
-                                      list(stratum.weight_cols), start, ctx.chunk)
-        if sparse is not None:
-            add_gene_columns(z.view(-1), sparse, gene_weight.detach())
-        ctx.flat_shape = None if gene_weight is None else gene_weight.shape
+                                      list(stratum.weight_cols), start, ctx.chunk, *genes)
         ctx.save_for_backward(weight, *(sources[:1] if below is not None else ()), *head_params)
         # (inside forward, grad mode is off: the caller says whether it was on)
         if grad_enabled and any(t is not None and t.requires_grad for t in tensors):
@@ -254,11 +261,10 @@ class ReadLinear(torch.autograd.Function):
             if any(needs[:n_sources]):
                 target = state.grad_buf if state.grad_buf is not None else state.new_grad_buf(state.batch)
             n, w, start = rows_lists(ctx.stratum.rows)
-            bias_grad, weight_grad = ops().read_linear_backward(
+            genes = _gene_args(ctx.sparse if need_genes else None, ctx.stratum.gene_weight, grad_z.dtype)
+            bias_grad, weight_grad, gene_grad = ops().read_linear_backward(
                 grad_z, state.buf, *ctx.read, weight.detach(), target, n, w, list(ctx.stratum.weight_cols), start,
-                bool(need_bias), bool(need_weight), ctx.chunk)
-            if ctx.sparse is not None and need_genes:
-                gene_grad = gene_columns_grad(grad_z.view(-1), ctx.sparse, ctx.flat_shape)
+                bool(need_bias), bool(need_weight), ctx.chunk, *genes)
         if ctx.counted:
             state.buf_users -= 1
             if state.buf_users == 0:

@@ -50,6 +50,7 @@ from dcell_core.nn.plan import build_plan
 from dcell_core.nn.reads import (BackwardState, ReadLinear, ReadStratum, Workspace, cpu_kernel_input,
                                  fuses_read)
 from dcell_core.nn.stratum import Stratum
+from dcell_core.nn.stratum_ops import GeneSlots
 
 
 # Bucket planning weight of a padded gene column on the sparse gene path relative to a dense column. There such
@@ -121,33 +122,32 @@ class StratumDCell(nn.Module):
 
     def _sparse_entries(self, x: torch.Tensor, nonzero: tuple[torch.Tensor, torch.Tensor], compact_first: bool
                         ) -> list:
-        """Per stratum (None where it has no gene columns), the elements (gene_weight index, flat index into the
-        [R_s, B] stratum tensor, genotype value, or None when every nonzero entry is 1) of every nonzero genotype
-        entry x[b, g], once for each row r < L_t of each input slot (term t) of gene g. With `compact_first`,
-        stratum 0's entry is a `Compact` description instead (see `Stratum.compact_output`)."""
-        B, dev = x.shape[0], x.device
+        """Per stratum (None where it has no gene columns), the input slots (term t, gene g) hit by a nonzero
+        genotype entry x[b, g], as `GeneSlots`: sorted by stratum, then by row, ties in genotype-entry order. With
+        `compact_first`, stratum 0's entry is a `Compact` description instead (see `Stratum.compact_output`)."""
+        B = x.shape[0]
         b_nz, g_nz = nonzero
         value = x[b_nz, g_nz]
         start = self.gene_slot_ptr[g_nz]
         src, step = ragged_steps(self.gene_slot_ptr[g_nz + 1] - start)  # src: slot -> nonzero entry
         slot = start[src] + step
         table = self.gene_slot_table[slot]  # [m, 4] (stratum, column offset, row, length)
-        order = torch.sort(table[:, 0], stable=True).indices  # group by stratum
+        rows_bound = max(st.num_rows for st in self.strata) + 1
+        order = torch.sort(table[:, 0] * rows_bound + table[:, 2], stable=True).indices
         table, src = table[order], src[order]
-        length = table[:, 3]
-        total = int(length.sum())
-        w_idx = ragged_ranges(table[:, 1], length, 1, total)  # slot m's row r: column offset + r
-        o_idx = ragged_ranges(table[:, 2] * B + b_nz[src], length, B, total)  # (first row + r) * B + b
-        values = None if bool((value == 1).all()) else torch.repeat_interleave(value[src], length)
-        per_stratum = torch.zeros(len(self.strata), dtype=torch.long, device=dev).index_add_(
-            0, table[:, 0], length).tolist()
-        columns = (w_idx.split(per_stratum), o_idx.split(per_stratum),
-                   [None] * len(per_stratum) if values is None else values.split(per_stratum))
-        out = [None if st.gene_weight is None else tuple(c[s] for c in columns) for s, st in enumerate(self.strata)]
+        b = b_nz.index_select(0, src)
+        values = None if bool((value == 1).all()) else value.index_select(0, src)
+        per_stratum = torch.bincount(table[:, 0], minlength=len(self.strata)).tolist()
+        parts = [t.split(per_stratum) for t in (table[:, 2], table[:, 3], table[:, 1], b)]
+        parts.append([None] * len(per_stratum) if values is None else values.split(per_stratum))
+        out = [None if st.gene_weight is None else GeneSlots(*(p[s] for p in parts), B)
+               for s, st in enumerate(self.strata)]
         if compact_first:
-            slots0 = int((table[:, 0] == 0).sum())
-            out[0] = compact_entries(table[:slots0, 2], length[:slots0], b_nz[src[:slots0]], columns[0][0],
-                                     columns[2][0], B)
+            row0, length0, col0, b0, values0 = (p[0] for p in parts)
+            total0 = int(length0.sum())
+            w_idx = ragged_ranges(col0, length0, 1, total0)
+            v0 = None if values0 is None else torch.repeat_interleave(values0, length0, output_size=total0)
+            out[0] = compact_entries(row0, length0, b0, w_idx, v0, B)
         return out
 
     def reset_parameters(self) -> None:
@@ -248,7 +248,8 @@ class StratumDCell(nn.Module):
             layout = None
             if counts is not None and 0 < s < len(self.strata) and formed == s and \
                     self.perturbation.takes_form(s, counts[3], B):
-                layout = self.perturbation.stratum(s, counts[:3], counts[3], B, entries[s], wild)
+                layout = self.perturbation.stratum(s, counts[:3], counts[3], B,
+                                                   None if entries[s] is None else entries[s].elements(), wild)
                 # the wild-type outputs of the stratum below are read here (column 0 of every read) and nowhere
                 # above: this read hands their gradient back with that of its dense output
                 a = int(wild[s - 1]) // B
@@ -296,7 +297,8 @@ class StratumDCell(nn.Module):
                 below = None  # its heads are done
             else:
                 v0 = None
-                h = parts[0] if fused else stratum.first_layer(parts, B, genes, entries[s])
+                h = parts[0] if fused else stratum.first_layer(
+                    parts, B, genes, None if entries[s] is None else entries[s].elements())
                 layers = self.cfg.subsystem_layers
                 # tanh then batch norm in training, on the CPU: one pass per row block; the last layer's also
                 # computes the stratum's heads and writes the output into the buffer only (`h` then stands in for

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, flat_add_
+from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, flat_add_, ragged_ranges
 from dcell_core.nn.native import ops
 
 
@@ -88,6 +88,33 @@ class StratumLinear(torch.autograd.Function):
         grads = [None if g is None else g.view(t.shape) for g, t in zip(grads[1:], saved)]
         flat_grad = gene_columns_grad(grad, ctx.sparse, ctx.flat_shape) if ctx.sparse is not None and needs[5] else None
         return (None, None, None, None, None, bias_grad, *grads, flat_grad)
+
+
+class GeneSlots:
+    """The sparse gene columns of one stratum's first layer for one batch, per input slot: slot j is the nonzero
+    genotype entry x[b, g] (value[j]; None: every value is 1) at a term t of the stratum with gene g, whose column
+    of t's [L_t, G_t] gene block starts at col[j] of the stratum's flat gene weights and whose rows start at row[j]
+    of the stratum tensor: stratum[row + r, b] += gene_weight[col + r] * value for r < length[j] = L_t. Sorted by
+    row (ties in genotype-entry order). The fused read applies them per chunk of rows (csrc read_linear_*);
+    `elements()` gives the per-element form the other paths take."""
+
+    def __init__(self, row: torch.Tensor, length: torch.Tensor, col: torch.Tensor, b: torch.Tensor,
+                 value: torch.Tensor | None, batch: int):
+        self.table = torch.stack([row, length, col, b], 1)  # [M, 4], the form csrc read_linear_* take
+        self.value, self.batch = value, batch
+        self._elements = None
+
+    def elements(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(w_idx, o_idx, value or None) per element, in slot order: out.view(-1)[o_idx[e]] +=
+        flat_weight[w_idx[e]] * value[e] (`add_gene_columns`)."""
+        if self._elements is None:
+            row, length, col, b = self.table.unbind(1)
+            total = int(length.sum())
+            w_idx = ragged_ranges(col, length, 1, total)
+            o_idx = ragged_ranges(row * self.batch + b, length, self.batch, total)
+            value = None if self.value is None else torch.repeat_interleave(self.value, length, output_size=total)
+            self._elements = (w_idx, o_idx, value)
+        return self._elements
 
 
 def add_gene_columns(out: torch.Tensor, sparse: tuple, flat_weight: torch.Tensor) -> None:

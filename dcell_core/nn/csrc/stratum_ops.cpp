@@ -376,6 +376,78 @@ int64_t scratch_rows(const Ints& n, const Ints& k, int64_t batch, int64_t chunk)
   return most;
 }
 
+// The sparse gene columns of a fused read (see GeneSlots, dcell_core/nn/stratum_ops.py): slot j = (row, length,
+// col, b) in `slots` [M, 4], sorted by row: out[(row + r) * B + b] += gene_weight[col + r] (x value[j]) for r <
+// length. Applied per chunk of rows while its output (forward) or gradient (backward) is in cache; the additions
+// into any one element come in slot order either way.
+struct GeneSlots {
+  const int64_t* s = nullptr;  // [M, 4]
+  int64_t M = 0;
+  bool given = false;  // (M may be 0: the gene weights still get their zero gradient)
+  bool some() const { return given; }
+  // the slots whose row lies in [r0, r1): [first, last)
+  std::pair<int64_t, int64_t> range(int64_t r0, int64_t r1) const {
+    int64_t lo = 0, hi = M;
+    while (lo < hi) {
+      int64_t mid = (lo + hi) / 2;
+      if (s[4 * mid] < r0) lo = mid + 1; else hi = mid;
+    }
+    int64_t first = lo;
+    hi = M;
+    while (lo < hi) {
+      int64_t mid = (lo + hi) / 2;
+      if (s[4 * mid] < r1) lo = mid + 1; else hi = mid;
+    }
+    return {first, lo};
+  }
+  // f(j0', j1') over [j0, j1) split among the threads at row boundaries: the slots of one row (which add into
+  // the same elements) stay on one thread, in order
+  template <typename F>
+  void parallel(int64_t j0, int64_t j1, const F& f) const {
+    int64_t parts = std::min<int64_t>(at::get_num_threads(), (j1 - j0) / 256);
+    if (parts < 2 || at::in_parallel_region()) {
+      f(j0, j1);
+      return;
+    }
+    Ints cut(parts + 1, j1);
+    cut[0] = j0;
+    for (int64_t p = 1; p < parts; ++p) {
+      int64_t j = std::max(cut[p - 1], j0 + (j1 - j0) * p / parts);
+      while (j > j0 && j < j1 && s[4 * j] == s[4 * (j - 1)]) ++j;
+      cut[p] = j;
+    }
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) f(cut[p], cut[p + 1]);
+    });
+  }
+};
+
+GeneSlots gene_slots(const Opt& slots, const Opt& gene_weight, const Opt& value, int64_t rows, int64_t B,
+                     at::ScalarType dtype) {
+  GeneSlots g;
+  if (!slots.has_value()) return g;
+  TORCH_CHECK_VALUE(gene_weight.has_value() && gene_weight->scalar_type() == dtype && gene_weight->is_contiguous(),
+                    "read_linear: gene slots need the flat gene weights, contiguous, of the buffer's dtype");
+  TORCH_CHECK_VALUE(slots->scalar_type() == at::kLong && slots->dim() == 2 && slots->size(1) == 4 &&
+                    slots->is_contiguous(), "read_linear: the gene slots must be a contiguous int64 [M, 4] tensor");
+  g.s = slots->data_ptr<int64_t>();
+  g.M = slots->size(0);
+  g.given = true;
+  if (value.has_value()) {
+    TORCH_CHECK_VALUE(value->scalar_type() == dtype && value->is_contiguous() && value->numel() == g.M,
+                      "read_linear: the gene values must be a contiguous vector of the buffer's dtype, one per slot");
+  }
+  int64_t numel = gene_weight->numel();
+  for (int64_t j = 0; j < g.M; ++j) {
+    const int64_t* e = g.s + 4 * j;
+    TORCH_CHECK_VALUE((j == 0 || e[0] >= e[-4]) && e[0] >= 0 && e[1] >= 1 && e[0] + e[1] <= rows && e[2] >= 0 &&
+                      e[2] + e[1] <= numel && e[3] >= 0 && e[3] < B, "read_linear: gene slot ", j, " (row ", e[0],
+                      ", length ", e[1], ", column ", e[2], ", sample ", e[3], ") is out of order or outside the ",
+                      rows, " rows, ", numel, " gene weights or ", B, " samples");
+  }
+  return g;
+}
+
 // Checks shared by both directions; returns the stratum's rows.
 int64_t check_read_linear(const at::Tensor& buf, const at::Tensor& index, const at::Tensor& weight, const Ints& n,
                           const Ints& w, const Ints& k, const Ints& start) {
@@ -402,21 +474,52 @@ int64_t check_read_linear(const at::Tensor& buf, const at::Tensor& index, const 
 }  // namespace
 
 // z [R_s, B]: for every bucket q, z_q = bias_q + weight_q @ buf[index_q] ([n, w, k] @ [n, k, B]).
+// With `slots` (and `gene_weight`, `value`), the sparse gene columns are added in as well (GeneSlots).
 at::Tensor read_linear_forward(const at::Tensor& buf, const at::Tensor& index, const at::Tensor& bias,
                                const at::Tensor& weight, const Ints& n, const Ints& w, const Ints& k,
-                               const Ints& start, int64_t chunk) {
+                               const Ints& start, int64_t chunk, const Opt& slots, const Opt& gene_weight,
+                               const Opt& value) {
   int64_t rows = check_read_linear(buf, index, weight, n, w, k, start);
   TORCH_CHECK_VALUE(bias.numel() == rows && bias.scalar_type() == buf.scalar_type(), "read_linear_forward: bias "
                     "has ", bias.numel(), " elements of ", bias.scalar_type(), ", the stratum ", rows, " rows");
   int64_t B = buf.size(1);
+  GeneSlots genes = gene_slots(slots, gene_weight, value, rows, B, buf.scalar_type());
   at::Tensor out = at::empty({rows, B}, buf.options());
   at::Tensor scratch = at::empty({scratch_rows(n, k, B, chunk), B}, buf.options());
+  // the gene columns of rows [r0, r1), once they hold bias + weight @ input
+  int64_t applied = 0;
+  auto add_genes = [&](int64_t r0, int64_t r1) {
+    if (!genes.some()) return;
+    auto [j0, j1] = genes.range(r0, r1);
+    applied += j1 - j0;
+    AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "read_linear_forward", [&] {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const scalar_t* gw = gene_weight->data_ptr<scalar_t>();
+      const scalar_t* v = value.has_value() ? value->data_ptr<scalar_t>() : nullptr;
+      genes.parallel(j0, j1, [&](int64_t a, int64_t b) {
+        for (int64_t j = a; j < b; ++j) {
+          const int64_t* e = genes.s + 4 * j;
+          scalar_t* dst = o + e[0] * B + e[3];
+          const scalar_t* src = gw + e[2];
+          if (v) {
+            for (int64_t r = 0; r < e[1]; ++r) {
+              scalar_t add = src[r] * v[j];
+              dst[r * B] += add;
+            }
+          } else {
+            for (int64_t r = 0; r < e[1]; ++r) dst[r * B] += src[r];
+          }
+        }
+      });
+    });
+  };
   int64_t woff = 0, ioff = 0;
   for (size_t q = 0; q < n.size(); ++q) {
     at::Tensor h = out.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], B});
     at::Tensor bias_q = bias.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], 1});
     if (!k[q]) {
       h.copy_(bias_q.expand({n[q], w[q], B}));
+      add_genes(start[q], start[q] + n[q] * w[q]);
       continue;
     }
     at::Tensor W = weight.narrow(0, woff, n[q] * w[q] * k[q]).view({n[q], w[q], k[q]});
@@ -427,25 +530,29 @@ at::Tensor read_linear_forward(const at::Tensor& buf, const at::Tensor& index, c
       at::index_select_out(s, buf, 0, index.narrow(0, ioff + i0 * k[q], m * k[q]));
       at::Tensor dst = h.narrow(0, i0, m);
       at::baddbmm_out(dst, bias_q.narrow(0, i0, m), W.narrow(0, i0, m), s.view({m, k[q], B}));
+      add_genes(start[q] + i0 * w[q], start[q] + (i0 + m) * w[q]);
     }
     woff += n[q] * w[q] * k[q];
     ioff += n[q] * k[q];
   }
+  TORCH_CHECK_VALUE(applied == genes.M, "read_linear_forward: ", genes.M - applied, " gene slots outside the buckets");
   return out;
 }
 
-// Backward of read_linear_forward from grad [R_s, B]: returns [bias, weight] gradients (None where not needed)
-// and, when `grad_buf` [rows, B] is given, adds buf[index]'s gradient into it in place, except at the zero row
-// (index 0, padding). The rows of a chunk are added in index order, the columns split among threads; with rows
-// under 512 bytes, the whole input gradient is made first and added by rows_add_ with the read's grouping (order,
-// dest, ptr, see RowRead). Either way deterministic, every destination row getting its additions in gather order.
+// Backward of read_linear_forward from grad [R_s, B]: returns [bias, weight, gene weight] gradients (None where
+// not needed; the gene weights' with `slots`) and, when `grad_buf` [rows, B] is given, adds buf[index]'s gradient
+// into it in place, except at the zero row (index 0, padding). The rows of a chunk are added in index order, the
+// columns split among threads; with rows under 512 bytes, the whole input gradient is made first and added by
+// rows_add_ with the read's grouping (order, dest, ptr, see RowRead). Either way deterministic, every destination
+// row getting its additions in gather order.
 std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& index,
                                       const at::Tensor& order, const at::Tensor& dest, const at::Tensor& ptr,
                                       const at::Tensor& weight, const Opt& grad_buf, const Ints& n, const Ints& w,
                                       const Ints& k, const Ints& start, bool needs_bias, bool needs_weight,
-                                      int64_t chunk) {
+                                      int64_t chunk, const Opt& slots, const Opt& gene_weight, const Opt& value) {
   int64_t rows = check_read_linear(buf, index, weight, n, w, k, start);
   int64_t B = buf.size(1);
+  GeneSlots genes = gene_slots(slots, gene_weight, value, rows, B, buf.scalar_type());
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({rows, B}) && grad.is_contiguous() &&
                     grad.scalar_type() == buf.scalar_type(), "read_linear_backward: the gradient is ", grad.sizes(),
                     " ", grad.scalar_type(), ", the output [", rows, ", ", B, "] ", buf.scalar_type());
@@ -459,9 +566,37 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
                         buf.size(0), " buffer rows");
     }
   }
-  std::vector<Opt> out(2);
+  std::vector<Opt> out(3);
   if (needs_bias) out[0] = grad.sum(1);
   if (needs_weight) out[1] = at::empty({weight.numel()}, grad.options());
+  if (genes.some()) out[2] = at::zeros({gene_weight->numel()}, grad.options());
+  // the gene weights' gradient from rows [r0, r1) of grad, while they are in cache
+  int64_t applied = 0;
+  auto gene_grads = [&](int64_t r0, int64_t r1) {
+    if (!genes.some()) return;
+    auto [j0, j1] = genes.range(r0, r1);
+    applied += j1 - j0;
+    AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "read_linear_backward", [&] {
+      const scalar_t* g = grad.data_ptr<scalar_t>();
+      scalar_t* gw = out[2]->data_ptr<scalar_t>();
+      const scalar_t* v = value.has_value() ? value->data_ptr<scalar_t>() : nullptr;
+      genes.parallel(j0, j1, [&](int64_t a, int64_t b) {
+        for (int64_t j = a; j < b; ++j) {
+          const int64_t* e = genes.s + 4 * j;
+          const scalar_t* src = g + e[0] * B + e[3];
+          scalar_t* dst = gw + e[2];
+          if (v) {
+            for (int64_t r = 0; r < e[1]; ++r) {
+              scalar_t add = src[r * B] * v[j];
+              dst[r] += add;
+            }
+          } else {
+            for (int64_t r = 0; r < e[1]; ++r) dst[r] += src[r * B];
+          }
+        }
+      });
+    });
+  };
   int64_t most = scratch_rows(n, k, B, chunk);
   // rows shorter than 512 bytes: split among threads, each row's piece costs more in loop overhead than in adds,
   // so the input gradient is made whole and added by rows_add_ (one thread per destination row, same order)
@@ -470,7 +605,10 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
   at::Tensor s_grad = at::empty({grad_buf.has_value() ? (whole ? index.numel() : most) : 0, B}, buf.options());
   int64_t woff = 0, ioff = 0;
   for (size_t q = 0; q < n.size(); ++q) {
-    if (!k[q]) continue;
+    if (!k[q]) {
+      gene_grads(start[q], start[q] + n[q] * w[q]);
+      continue;
+    }
     at::Tensor gq = grad.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], B});
     at::Tensor W = weight.narrow(0, woff, n[q] * w[q] * k[q]).view({n[q], w[q], k[q]});
     int64_t per = chunk_terms(n[q], k[q], B, chunk);
@@ -484,6 +622,7 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
         at::Tensor dst = out[1]->narrow(0, woff + i0 * w[q] * k[q], m * w[q] * k[q]).view({m, w[q], k[q]});
         at::bmm_out(dst, g, s.view({m, k[q], B}).transpose(1, 2));
       }
+      gene_grads(start[q] + i0 * w[q], start[q] + (i0 + m) * w[q]);  // g is in cache
       if (grad_buf.has_value()) {
         at::Tensor s = s_grad.narrow(0, whole ? ioff + i0 * k[q] : 0, m * k[q]);
         at::Tensor sv = s.view({m, k[q], B});
@@ -506,6 +645,7 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
     ioff += n[q] * k[q];
   }
   if (grad_buf.has_value() && whole) rows_add_(*grad_buf, s_grad, order, dest, ptr);
+  TORCH_CHECK_VALUE(applied == genes.M, "read_linear_backward: ", genes.M - applied, " gene slots outside the buckets");
   return out;
 }
 
