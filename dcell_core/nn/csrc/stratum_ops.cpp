@@ -567,7 +567,15 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
     }
   }
   std::vector<Opt> out(3);
-  if (needs_bias) out[0] = grad.sum(1);
+  // the bias gradient per chunk too (row sums of grad, by the same ATen reduction as grad.sum(1), row by row)
+  if (needs_bias) out[0] = at::empty({rows}, grad.options());
+  int64_t summed = 0;
+  auto bias_grads = [&](int64_t r0, int64_t r1) {
+    if (!needs_bias) return;
+    summed += r1 - r0;
+    at::Tensor dst = out[0]->narrow(0, r0, r1 - r0);
+    at::sum_out(dst, grad.narrow(0, r0, r1 - r0), {1});
+  };
   if (needs_weight) out[1] = at::empty({weight.numel()}, grad.options());
   if (genes.some()) out[2] = at::zeros({gene_weight->numel()}, grad.options());
   // the gene weights' gradient from rows [r0, r1) of grad, while they are in cache
@@ -607,6 +615,7 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
   for (size_t q = 0; q < n.size(); ++q) {
     if (!k[q]) {
       gene_grads(start[q], start[q] + n[q] * w[q]);
+      bias_grads(start[q], start[q] + n[q] * w[q]);
       continue;
     }
     at::Tensor gq = grad.narrow(0, start[q], n[q] * w[q]).view({n[q], w[q], B});
@@ -623,6 +632,7 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
         at::bmm_out(dst, g, s.view({m, k[q], B}).transpose(1, 2));
       }
       gene_grads(start[q] + i0 * w[q], start[q] + (i0 + m) * w[q]);  // g is in cache
+      bias_grads(start[q] + i0 * w[q], start[q] + (i0 + m) * w[q]);
       if (grad_buf.has_value()) {
         at::Tensor s = s_grad.narrow(0, whole ? ioff + i0 * k[q] : 0, m * k[q]);
         at::Tensor sv = s.view({m, k[q], B});
@@ -646,6 +656,8 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
   }
   if (grad_buf.has_value() && whole) rows_add_(*grad_buf, s_grad, order, dest, ptr);
   TORCH_CHECK_VALUE(applied == genes.M, "read_linear_backward: ", genes.M - applied, " gene slots outside the buckets");
+  TORCH_CHECK_VALUE(!needs_bias || summed == rows, "read_linear_backward: the buckets cover ", summed, " of ", rows,
+                    " rows");
   return out;
 }
 
