@@ -721,7 +721,9 @@ struct TermBlocks {
   Ints row, width, cut, tcut;  // cut: block b is rows [cut[b], cut[b + 1]), terms [tcut[b], tcut[b + 1])
   TermBlocks(int64_t R, int64_t B, const Opt& head_weight, const Opt& head_bias, const Ints& n, const Ints& w,
              const Ints& start, at::ScalarType dtype) {
-    int64_t per = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(B, 1));  // 512 KiB of float rows
+    // 512 KiB of float rows, or fewer so that every thread gets blocks of a small stratum
+    int64_t per = std::max<int64_t>(1, std::min<int64_t>((int64_t{1} << 17) / std::max<int64_t>(B, 1),
+                                                         R / (2 * int64_t(at::get_num_threads()))));
     if (!head_weight.has_value()) {
       for (int64_t r = 0; r < R; r += per) cut.push_back(r);
       cut.push_back(R);
