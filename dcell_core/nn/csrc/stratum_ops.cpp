@@ -384,7 +384,17 @@ struct GeneSlots {
   const int64_t* s = nullptr;  // [M, 4]
   int64_t M = 0;
   bool given = false;  // (M may be 0: the gene weights still get their zero gradient)
+  int64_t applied = 0;  // slots passed to `each` so far (every slot must lie in some bucket's rows)
   bool some() const { return given; }
+  // f(j, slot j's four entries) for the slots whose row lies in [r0, r1)
+  template <typename F>
+  void each(int64_t r0, int64_t r1, const F& f) {
+    auto [j0, j1] = range(r0, r1);
+    applied += j1 - j0;
+    parallel(j0, j1, [&](int64_t a, int64_t b) {
+      for (int64_t j = a; j < b; ++j) f(j, s + 4 * j);
+    });
+  }
   // the slots whose row lies in [r0, r1): [first, last)
   std::pair<int64_t, int64_t> range(int64_t r0, int64_t r1) const {
     int64_t lo = 0, hi = M;
@@ -487,28 +497,18 @@ at::Tensor read_linear_forward(const at::Tensor& buf, const at::Tensor& index, c
   at::Tensor out = at::empty({rows, B}, buf.options());
   at::Tensor scratch = at::empty({scratch_rows(n, k, B, chunk), B}, buf.options());
   // the gene columns of rows [r0, r1), once they hold bias + weight @ input
-  int64_t applied = 0;
   auto add_genes = [&](int64_t r0, int64_t r1) {
     if (!genes.some()) return;
-    auto [j0, j1] = genes.range(r0, r1);
-    applied += j1 - j0;
     AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "read_linear_forward", [&] {
       scalar_t* o = out.data_ptr<scalar_t>();
       const scalar_t* gw = gene_weight->data_ptr<scalar_t>();
       const scalar_t* v = value.has_value() ? value->data_ptr<scalar_t>() : nullptr;
-      genes.parallel(j0, j1, [&](int64_t a, int64_t b) {
-        for (int64_t j = a; j < b; ++j) {
-          const int64_t* e = genes.s + 4 * j;
-          scalar_t* dst = o + e[0] * B + e[3];
-          const scalar_t* src = gw + e[2];
-          if (v) {
-            for (int64_t r = 0; r < e[1]; ++r) {
-              scalar_t add = src[r] * v[j];
-              dst[r * B] += add;
-            }
-          } else {
-            for (int64_t r = 0; r < e[1]; ++r) dst[r * B] += src[r];
-          }
+      genes.each(r0, r1, [&](int64_t j, const int64_t* e) {
+        scalar_t* dst = o + e[0] * B + e[3];
+        const scalar_t* src = gw + e[2];
+        for (int64_t r = 0; r < e[1]; ++r) {
+          scalar_t add = v ? src[r] * v[j] : src[r];
+          dst[r * B] += add;
         }
       });
     });
@@ -535,7 +535,8 @@ at::Tensor read_linear_forward(const at::Tensor& buf, const at::Tensor& index, c
     woff += n[q] * w[q] * k[q];
     ioff += n[q] * k[q];
   }
-  TORCH_CHECK_VALUE(applied == genes.M, "read_linear_forward: ", genes.M - applied, " gene slots outside the buckets");
+  TORCH_CHECK_VALUE(genes.applied == genes.M, "read_linear_forward: ", genes.M - genes.applied,
+                    " gene slots outside the buckets");
   return out;
 }
 
@@ -579,28 +580,18 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
   if (needs_weight) out[1] = at::empty({weight.numel()}, grad.options());
   if (genes.some()) out[2] = at::zeros({gene_weight->numel()}, grad.options());
   // the gene weights' gradient from rows [r0, r1) of grad, while they are in cache
-  int64_t applied = 0;
   auto gene_grads = [&](int64_t r0, int64_t r1) {
     if (!genes.some()) return;
-    auto [j0, j1] = genes.range(r0, r1);
-    applied += j1 - j0;
     AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "read_linear_backward", [&] {
       const scalar_t* g = grad.data_ptr<scalar_t>();
       scalar_t* gw = out[2]->data_ptr<scalar_t>();
       const scalar_t* v = value.has_value() ? value->data_ptr<scalar_t>() : nullptr;
-      genes.parallel(j0, j1, [&](int64_t a, int64_t b) {
-        for (int64_t j = a; j < b; ++j) {
-          const int64_t* e = genes.s + 4 * j;
-          const scalar_t* src = g + e[0] * B + e[3];
-          scalar_t* dst = gw + e[2];
-          if (v) {
-            for (int64_t r = 0; r < e[1]; ++r) {
-              scalar_t add = src[r * B] * v[j];
-              dst[r] += add;
-            }
-          } else {
-            for (int64_t r = 0; r < e[1]; ++r) dst[r] += src[r * B];
-          }
+      genes.each(r0, r1, [&](int64_t j, const int64_t* e) {
+        const scalar_t* src = g + e[0] * B + e[3];
+        scalar_t* dst = gw + e[2];
+        for (int64_t r = 0; r < e[1]; ++r) {
+          scalar_t add = v ? src[r * B] * v[j] : src[r * B];
+          dst[r] += add;
         }
       });
     });
@@ -655,7 +646,8 @@ std::vector<Opt> read_linear_backward(const at::Tensor& grad, const at::Tensor& 
     ioff += n[q] * k[q];
   }
   if (grad_buf.has_value() && whole) rows_add_(*grad_buf, s_grad, order, dest, ptr);
-  TORCH_CHECK_VALUE(applied == genes.M, "read_linear_backward: ", genes.M - applied, " gene slots outside the buckets");
+  TORCH_CHECK_VALUE(genes.applied == genes.M, "read_linear_backward: ", genes.M - genes.applied,
+                    " gene slots outside the buckets");
   TORCH_CHECK_VALUE(!needs_bias || summed == rows, "read_linear_backward: the buckets cover ", summed, " of ", rows,
                     " rows");
   return out;
