@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcell_core.nn.buckets import TermBucket
-from dcell_core.nn.common import (DCellOutput, TermSizes, activation_fn, check_genotypes, ragged_ranges,
-                                  ragged_steps)
+from dcell_core.nn.common import DCellOutput, TermSizes, activation_fn, check_genotypes, ragged_steps
 from dcell_core.nn.compact import Compact, ExpandIntoBuffer, ExpandScatter, compact_entries
 from dcell_core.nn.config import ModelConfig
 from dcell_core.nn.native import ops
@@ -143,11 +142,8 @@ class StratumDCell(nn.Module):
         out = [None if st.gene_weight is None else GeneSlots(*(p[s] for p in parts), B)
                for s, st in enumerate(self.strata)]
         if compact_first:
-            row0, length0, col0, b0, values0 = (p[0] for p in parts)
-            total0 = int(length0.sum())
-            w_idx = ragged_ranges(col0, length0, 1, total0)
-            v0 = None if values0 is None else torch.repeat_interleave(values0, length0, output_size=total0)
-            out[0] = compact_entries(row0, length0, b0, w_idx, v0, B)
+            row0, length0, _, b0, _ = (p[0] for p in parts)
+            out[0] = compact_entries(row0, length0, b0, *out[0].weight_elements(), B)
         return out
 
     def reset_parameters(self) -> None:

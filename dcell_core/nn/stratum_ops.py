@@ -104,15 +104,22 @@ class GeneSlots:
         self.value, self.batch = value, batch
         self._elements = None
 
+    def weight_elements(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(w_idx, value or None) per element, in slot order: the gene weight and genotype value each element
+        adds (stratum 0's compact form needs only these)."""
+        _, length, col, _ = self.table.unbind(1)
+        total = int(length.sum())
+        w_idx = ragged_ranges(col, length, 1, total)
+        value = None if self.value is None else torch.repeat_interleave(self.value, length, output_size=total)
+        return w_idx, value
+
     def elements(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(w_idx, o_idx, value or None) per element, in slot order: out.view(-1)[o_idx[e]] +=
         flat_weight[w_idx[e]] * value[e] (`add_gene_columns`)."""
         if self._elements is None:
-            row, length, col, b = self.table.unbind(1)
-            total = int(length.sum())
-            w_idx = ragged_ranges(col, length, 1, total)
-            o_idx = ragged_ranges(row * self.batch + b, length, self.batch, total)
-            value = None if self.value is None else torch.repeat_interleave(self.value, length, output_size=total)
+            row, length, _, b = self.table.unbind(1)
+            w_idx, value = self.weight_elements()
+            o_idx = ragged_ranges(row * self.batch + b, length, self.batch, len(w_idx))
             self._elements = (w_idx, o_idx, value)
         return self._elements
 
