@@ -23,11 +23,11 @@ def formed(monkeypatch):
     calls: list[list[int]] = []
     real = PerturbationLayout.stratum
 
-    def recording(self, s, *args):
+    def recording(self, s, *args, **kwargs):
         if s == 1:
             calls.append([])
         calls[-1].append(s)
-        return real(self, s, *args)
+        return real(self, s, *args, **kwargs)
 
     monkeypatch.setattr(PerturbationLayout, "stratum", recording)
     return calls
@@ -76,14 +76,16 @@ def test_duplicate_genes_and_an_unperturbed_bucket(formed, monkeypatch):
     assert formed and all(f == [1, 2, 3] for f in formed)
 
 
+@pytest.mark.parametrize("tiers", [True, False])
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
-def test_the_rule_forms_a_prefix_of_the_strata(formed, monkeypatch, ratio):
+def test_the_rule_forms_a_prefix_of_the_strata(formed, monkeypatch, ratio, tiers):
     """Sparse genotypes on a real hierarchy (yeast_dna_repair: 288 genes, so a disrupted gene perturbs far more of it
     than of the whole genome, and the default ratio forms nothing here): the lowest strata take the form (a prefix
     from stratum 1), the top ones stay dense, and the mix equals the oracle."""
     from dcell_core.ontology import load_named
 
     allow(monkeypatch, ratio)
+    monkeypatch.setattr(PerturbationLayout, "tiers", tiers)
     h = load_named("yeast_dna_repair")
     x = sparse_genotypes(h.num_genes, 256, 1 if ratio < 0.5 else 3, seed=0)
     assert_equivalent(h, dict(width_basis="direct"), batch=256, x=x, genotype_grad=False, states=False)
@@ -147,3 +149,82 @@ def test_bf16_autocast_in_perturbation_form(formed, monkeypatch):
     assert out.prediction.dtype == torch.float32
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
     assert float((out.prediction.detach() - reference).abs().max()) < 0.05 * max(1.0, float(reference.abs().max()))
+
+
+def test_tiers_pad_each_term_less_than_its_bucket(monkeypatch):
+    """On a real hierarchy at batch 256 the terms of a bucket have from 0 to many perturbed samples: the tiers
+    (terms by the bit length of that count) split buckets, and every term's block is padded to its tier's most,
+    under twice its own count, where one tier per bucket pads every term to the bucket's most."""
+    from dcell_core.ontology import load_named
+
+    h = load_named("yeast_dna_repair")
+    model = build_dcell(h, ModelConfig(width_basis="direct")).double()
+    x = sparse_genotypes(h.num_genes, 256, 1, seed=0)
+    layout, B = model.perturbation, 256
+    pairs = layout.counts(*x.nonzero(as_tuple=True), B)
+    monkeypatch.setattr(PerturbationLayout, "tiers", False)
+    flat = layout.counts(*x.nonzero(as_tuple=True), B)
+    split = False
+    for s in range(1, len(model.strata)):
+        dense, reads = layout._reads(s, pairs, B)
+        flat_dense, flat_reads = layout._reads(s, flat, B)
+        assert dense == flat_dense and reads <= flat_reads
+        u0, u1 = layout.ustart[s], layout.ustart[s + 1]
+        n, m = pairs.tier_n, pairs.tier_m
+        b0, b1 = layout.bstart[s], layout.bstart[s + 1]
+        split |= bool(((n[b0:b1] > 0).sum(1) > 1).any())
+        cnt = pairs.cnt[u0:u1]
+        tier_most = torch.from_numpy(m.reshape(-1)).index_select(0, pairs.key[u0:u1])
+        # a term with m >= 1 perturbed samples shares its tier with terms of m to 2m - 1; one with none, only
+        # with such terms (their wild-type column only)
+        assert bool((tier_most >= cnt).all()) and bool((tier_most <= (2 * cnt - 1).clamp(min=0)).all())
+    assert split, "no bucket was split into tiers"
+
+
+def test_the_pair_kernel_takes_training_with_tanh_and_batch_norm(formed, monkeypatch):
+    """In training with tanh then batch norm (the paper's setting) on the CPU, the formed strata run through
+    PairTanhNorm (its float64 equality with the oracle: the tests above); with the states returned, in eval or
+    with another activation, through tensor ops."""
+    from dcell_core.nn import stratum_ops
+
+    allow(monkeypatch, float("inf"))
+    calls = []
+    real = stratum_ops.PairTanhNorm.forward
+
+    def counting(ctx, *args):
+        calls.append(args[7].shape[1])  # the stratum's terms
+        return real(ctx, *args)
+
+    monkeypatch.setattr(stratum_ops.PairTanhNorm, "forward", staticmethod(counting))
+    h = hand_hierarchy()
+    x = sparse_genotypes(h.num_genes, 7, 2, seed=3)
+    for cfg, states, training, expect in [({}, False, True, 3), ({}, True, True, 0), ({}, False, False, 0),
+                                          (dict(activation="gelu"), False, True, 0)]:
+        torch.manual_seed(0)
+        model = build_dcell(h, ModelConfig(**cfg)).double().train(training)
+        calls.clear()
+        out = model(x, return_states=states)
+        assert len(calls) == expect, (cfg, states, training)
+        if expect:
+            assert calls == [len(model.strata[s].head_bias) for s in (1, 2, 3)]
+            total, _ = dcell_loss(out, torch.zeros(7, dtype=torch.float64), LossConfig())
+            total.backward()
+            assert all(p.grad is not None for p in model.strata[2].parameters())
+
+
+def test_pair_kernel_rejects_inconsistent_terms():
+    from dcell_core.nn.native import ops
+
+    z = torch.zeros(8, dtype=torch.float64)
+    terms = torch.tensor([[0], [2], [2], [1], [0], [4]])  # one term: rows 0-1, 1 perturbed sample, 4 columns
+    args = (torch.zeros(2, dtype=torch.float64),) * 2 + (torch.zeros(2, dtype=torch.float64),
+                                                         torch.zeros(1, dtype=torch.float64))
+    dest = torch.zeros(2, 3, dtype=torch.float64)
+    ops().pair_tanh_norm_forward(z, terms, torch.tensor([1]), torch.tensor([0, 4]), *args, 1e-5, dest)
+    with pytest.raises(ValueError, match="term 0 has sample 3 outside"):
+        ops().pair_tanh_norm_forward(z, terms, torch.tensor([3]), torch.tensor([0, 4]), *args, 1e-5, dest)
+    with pytest.raises(ValueError, match="row 1's columns at 6 leave z"):
+        ops().pair_tanh_norm_forward(z, terms, torch.tensor([1]), torch.tensor([0, 6]), *args, 1e-5, dest)
+    with pytest.raises(ValueError, match="the rows' columns are 8 elements, z 9"):
+        ops().pair_tanh_norm_forward(torch.zeros(9, dtype=torch.float64), terms, torch.tensor([1]),
+                                     torch.tensor([0, 4]), *args, 1e-5, dest)

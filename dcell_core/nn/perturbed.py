@@ -23,21 +23,73 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from dcell_core.nn.common import TermSizes, ragged_steps
 from dcell_core.nn.compact import Compact
 from dcell_core.nn.plan import Plan
+from dcell_core.nn.stratum_ops import BucketRows
+
+
+class PerturbedPairs(NamedTuple):
+    """The perturbed (position u, sample b) pairs of one batch and the tiers they sort the terms into."""
+    u: torch.Tensor  # pairs, sorted by u then b
+    b: torch.Tensor
+    cnt: torch.Tensor  # [U] perturbed samples of every position u
+    key: torch.Tensor  # [U] its tier: global bucket * levels + level (level: bit length of cnt)
+    rank: torch.Tensor  # [U] its place among the positions of its tier, in u order
+    tier_n: np.ndarray  # [buckets, levels] positions per tier
+    tier_m: np.ndarray  # [buckets, levels] the most perturbed samples of a position of the tier
 
 
 class StratumPairs(NamedTuple):
-    """One stratum in perturbation form for one batch."""
-    cols: tuple[int, ...]  # 1 + m_q per bucket
-    read: torch.Tensor  # flat buffer positions of the inputs: per bucket with children its [n, c_max, 1 + m_q]
-    # block, flattened, one bucket after another (one gather and one scatter per stratum)
-    compact: Compact  # the perturbed entries: rows (stratum rows), flat (row * B + b), size
+    """One stratum in perturbation form for one batch. Its matmul runs per tier (one block per tier, below) with
+    the terms of each bucket sorted into tiers by how many perturbed samples they have (its k-th tier: 2^(k-1) to
+    2^k - 1 of them; tier 0: none), each tier padded to its own most, not the bucket's: the stratum's weights
+    and biases are permuted into tier order for it (`PermuteRows`, per bucket its terms in tier order)."""
+    cols: tuple[int, ...]  # per tier: 1 + its most perturbed samples
+    rows: tuple[BucketRows, ...]  # per tier: its first row in tier order, terms, width (the bucket's)
+    weight_cols: tuple[int, ...]  # per tier: its bucket's c_max
+    weight_perm: tuple  # `PermuteRows` arguments (blocks, perm, inverse) of the stratum's child weight
+    row_perm: tuple  # ... and of its rows (biases): per bucket its terms' slots in tier order
+    read: torch.Tensor  # flat buffer positions of the inputs: per tier with children its [n, c_max, cols]
+    # block, flattened, one tier after another (one gather and one scatter per stratum)
+    compact: Compact | None  # the perturbed entries: rows (stratum rows), flat (row * B + b), size
     z_wild: torch.Tensor  # [R_s] position of each row's wild-type pre-activation in the flat StratumLinear output
-    z_entry: torch.Tensor  # [size] position of each entry's pre-activation there
+    # (row r's entry k, at its term's k-th perturbed sample, at z_wild[r] + 1 + k)
+    z_entry: torch.Tensor | None  # [size] position of each entry's pre-activation there
+    terms: torch.Tensor  # [6, T_s] per term: first row, width, real rows, perturbed samples m, first of them in
+    # `samp`, columns (1 + the tier's most perturbed samples): the form stratum_ops.PairTanhNorm takes
+    samp: torch.Tensor  # the terms' perturbed samples, term by term, ascending
     genes: tuple | None  # (gene_weight index, position there, value or None) of the gene columns, or None
+
+
+class PermuteRows(torch.autograd.Function):
+    """A flat tensor made of blocks (offset, n, size), each n rows of `size` elements (together the whole tensor),
+    with the rows of block q in the order perm[q]: out block q row i = src block q row perm[q][i]. Backward
+    permutes back with the inverses `inv` (row copies both ways, no scatter)."""
+
+    @staticmethod
+    def forward(ctx, src, blocks, perm, inv):
+        ctx.blocks, ctx.inv = blocks, inv
+        return permute_rows(src, blocks, perm)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return permute_rows(grad.contiguous(), ctx.blocks, ctx.inv), None, None, None
+
+
+def permute_rows(src: torch.Tensor, blocks: list[tuple[int, int, int]], perm) -> torch.Tensor:
+    out = torch.empty_like(src)
+    for (offset, n, size), p in zip(blocks, perm):
+        end = offset + n * size
+        torch.index_select(src[offset:end].view(n, size), 0, p, out=out[offset:end].view(n, size))
+    return out
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(perm).index_copy_(0, perm, torch.arange(len(perm), device=perm.device))
 
 
 class PerturbationLayout(nn.Module):
@@ -45,12 +97,14 @@ class PerturbationLayout(nn.Module):
 
     max_read_ratio = 0.12  # a stratum takes the form when its padded perturbed reads are <= this x the dense reads
     min_saved_reads = 2 ** 21  # ... and save at least this many read elements (a formed stratum's fixed cost)
+    tiers = True  # False: one tier per bucket, padded to its most perturbed term (the layout before tiers; A/B)
 
     def __init__(self, sizes: TermSizes, plan: Plan, strata: list):
         super().__init__()
         G = sizes.num_genes
         # per position u (bucket-slot order over all strata): its stratum-local bucket, slot, width L, first row
         bucket, slot, width, row0, ustart, bstart = [], [], [], [], [0], [0]
+        b_width = []  # per position: its bucket's w_max
         row_starts = np.array([st.row_start for st in strata])
         self.bucket_shapes = []  # per stratum: [(n, w_max, c_max)]
         for s, plans in enumerate(plan.strata):
@@ -62,6 +116,7 @@ class PerturbationLayout(nn.Module):
                     row_u[first:first + b.width] = len(bucket)
                     bucket.append(q)
                     slot.append(i)
+                    b_width.append(b.width)
                     width.append(sizes.widths[t])
                     row0.append(first)
             ustart.append(len(bucket))
@@ -84,7 +139,13 @@ class PerturbationLayout(nn.Module):
                         self.register_buffer(f"{name}_{s}_{q}", torch.from_numpy(v.astype(np.int64)),
                                              persistent=False)
         self.ustart, self.bstart = ustart, bstart
-        for name, v in (("u_bucket", bucket), ("u_slot", slot), ("u_width", width), ("u_row0", row0)):
+        # per stratum: the blocks of its flat child weight and of its rows, one per bucket (`PermuteRows`)
+        self.weight_blocks = [[(st.blocks[q]["child_weight"][0], n, w * c) for q, (n, w, c) in enumerate(shapes)
+                               if c] for st, shapes in zip(strata, self.bucket_shapes)]
+        self.row_blocks = [[(rows.start, rows.n, rows.w) for rows in st.rows] for st in strata]
+        self.bucket_fan = np.array([c for shapes in self.bucket_shapes for _, _, c in shapes], dtype=np.int64)
+        for name, v in (("u_bucket", bucket), ("u_slot", slot), ("u_width", width), ("u_row0", row0),
+                        ("u_bwidth", b_width)):
             self.register_buffer(name, torch.tensor(v, dtype=torch.long), persistent=False)
         self.register_buffer("u_gbucket", torch.tensor([bstart[s] + q for s in range(len(plan.strata))
                                                         for q in bucket[ustart[s]:ustart[s + 1]]], dtype=torch.long),
@@ -99,79 +160,126 @@ class PerturbationLayout(nn.Module):
                              persistent=False)
         self.register_buffer("anc_u", torch.from_numpy(us.astype(np.int64)), persistent=False)
 
-    def counts(self, b_nz: torch.Tensor, g_nz: torch.Tensor, B: int):
-        """The perturbed (position u, sample b) pairs of all terms above stratum 0, sorted by u then b, and the
-        most perturbed samples per bucket (a list over all buckets, stratum by stratum)."""
+    def counts(self, b_nz: torch.Tensor, g_nz: torch.Tensor, B: int) -> PerturbedPairs:
+        """The perturbed (position u, sample b) pairs of all terms above stratum 0 and the tiers of every bucket:
+        a term with m perturbed samples is in tier m.bit_length() of its bucket."""
         start = self.anc_ptr[g_nz]
         src, step = ragged_steps(self.anc_ptr[g_nz + 1] - start)
         keys = torch.unique(self.anc_u[start[src] + step] * B + b_nz[src])
         u, b = keys // B, keys % B
+        dev = u.device
         cnt = torch.bincount(u, minlength=len(self.u_bucket))
-        m = torch.zeros(self.bstart[-1], dtype=torch.long, device=u.device).scatter_reduce_(
-            0, self.u_gbucket, cnt, "amax")
-        return u, b, cnt, m.tolist()
+        levels = B.bit_length() + 1 if self.tiers else 1
+        powers = torch.tensor([1 << k for k in range(levels - 1)], dtype=torch.long, device=dev)
+        key = self.u_gbucket * levels + (torch.searchsorted(powers, cnt, right=True) if self.tiers else 0)
+        tiers = self.bstart[-1] * levels
+        tier_n = torch.bincount(key, minlength=tiers)
+        tier_m = torch.zeros(tiers, dtype=torch.long, device=dev).scatter_reduce_(0, key, cnt, "amax")
+        place = torch.empty_like(key).index_copy_(0, torch.argsort(key, stable=True),
+                                                  torch.arange(len(key), device=dev))
+        rank = place - (torch.cumsum(tier_n, 0) - tier_n).index_select(0, key)
+        return PerturbedPairs(u, b, cnt, key, rank, tier_n.cpu().numpy().reshape(-1, levels),
+                              tier_m.cpu().numpy().reshape(-1, levels))
 
-    def takes_form(self, s: int, m: list[int], B: int) -> bool:
-        shapes = self.bucket_shapes[s]
-        ms = m[self.bstart[s]:self.bstart[s + 1]]
-        dense = sum(n * c * B for n, _, c in shapes)
-        reads = sum(n * c * (1 + mq) for (n, _, c), mq in zip(shapes, ms))
+    def _reads(self, s: int, pairs: PerturbedPairs, B: int) -> tuple[int, int]:
+        """Stratum s's (dense, perturbation-form) read elements at this batch."""
+        b0, b1 = self.bstart[s], self.bstart[s + 1]
+        fan = self.bucket_fan[b0:b1, None]
+        n = pairs.tier_n[b0:b1]
+        return int((n * fan).sum()) * B, int((n * (1 + pairs.tier_m[b0:b1]) * fan).sum())
+
+    def takes_form(self, s: int, pairs: PerturbedPairs, B: int) -> bool:
+        dense, reads = self._reads(s, pairs, B)
         return reads <= self.max_read_ratio * dense and dense - reads >= self.min_saved_reads
 
-    def stratum(self, s: int, pairs, m: list[int], B: int, genes: tuple | None, wild: torch.Tensor
-                ) -> StratumPairs:
-        """The layout of stratum s >= 1 for this batch. `pairs` = (u, b, cnt) from `counts`; `genes` the stratum's
-        sparse gene entries (gene_weight index, flat row * B + b, value or None); `wild` [S + 1] the flat buffer
-        position of each stratum's wild-type values (their row j at wild[s] + j; wild[S] = 0, the zero row)."""
-        u_all, b_all, cnt = pairs
+    def stratum(self, s: int, pairs: PerturbedPairs, B: int, genes: tuple | None, wild: torch.Tensor,
+                entries: bool = True) -> StratumPairs:
+        """The layout of stratum s >= 1 for this batch. `pairs` from `counts`; `genes` the stratum's sparse gene
+        entries (gene_weight index, flat row * B + b, value or None); `wild` [S + 1] the flat buffer position of
+        each stratum's wild-type values (their row j at wild[s] + j; wild[S] = 0, the zero row); `entries`: lay out
+        the perturbed entries one by one (`compact`, `z_entry`; PairTanhNorm needs only `terms` and `samp`)."""
+        u_all, b_all, cnt = pairs.u, pairs.b, pairs.cnt
         dev = u_all.device
         shapes = self.bucket_shapes[s]
-        ms = m[self.bstart[s]:self.bstart[s + 1]]
-        cols = tuple(1 + mq for mq in ms)
-        z_off = np.cumsum([0] + [n * w * c for (n, w, _), c in zip(shapes, cols)])[:-1]
-        samp_off = np.cumsum([0] + [n * (1 + mq) for (n, _, _), mq in zip(shapes, ms)])
-        t_cols, t_zoff, t_soff = (torch.tensor(v, dtype=torch.long, device=dev) for v in (cols, z_off, samp_off[:-1]))
+        b0, levels = self.bstart[s], pairs.tier_n.shape[1]
+        tn, tm = pairs.tier_n[b0:self.bstart[s + 1]], pairs.tier_m[b0:self.bstart[s + 1]]
+        tq, tl = np.nonzero(tn)  # the tiers, bucket by bucket, fewest perturbed samples first
+        n_t, cols_t = tn[tq, tl], 1 + tm[tq, tl]
+        w_t = np.array([shapes[q][1] for q in tq], dtype=np.int64)
+        k_t = self.bucket_fan[b0 + tq]
+        offsets = [np.cumsum(np.concatenate([[0], v]))[:-1] for v in
+                   (n_t * w_t, n_t * w_t * cols_t, n_t * cols_t, n_t)]
+        t_row, t_z, t_s, t_term = offsets
+        local = np.full(tn.size, -1, dtype=np.int64)
+        local[tq * levels + tl] = np.arange(len(tq))
+        t_cols, t_zoff, t_soff, t_first, t_local = (torch.from_numpy(v).to(dev) for v in
+                                                   (cols_t, t_z, t_s, t_term, local))
         u0, u1 = self.ustart[s], self.ustart[s + 1]
+        T = u1 - u0
+        g_u = t_local.index_select(0, pairs.key[u0:u1] - b0 * levels)  # every term's tier and place in it
+        j_u = pairs.rank[u0:u1]
+        order = inverse_permutation(t_first.index_select(0, g_u) + j_u)  # the terms (u - u0) in tier order
+        # rows: z position of each row's wild-type column, and the rows in tier order
+        row_term = getattr(self, f"row_term_{s}")
+        R = len(row_term)
+        g_r, j_r = g_u.index_select(0, row_term), j_u.index_select(0, row_term)
+        w_r = self.u_bwidth[u0:u1].index_select(0, row_term)
+        r = torch.arange(R, device=dev) - self.u_row0[u0:u1].index_select(0, row_term)
+        z_wild = t_zoff.index_select(0, g_r) + (j_r * w_r + r) * t_cols.index_select(0, g_r)
+        bucket_first = np.cumsum([0] + [n for n, _, _ in shapes])
+        slots = [order[int(bucket_first[q]): int(bucket_first[q + 1])] - int(bucket_first[q])
+                 for q in range(len(shapes))]
+        # the perturbed samples of every term in its tier's [n, cols] block: column 0 the wild type (its index
+        # written below), then its samples (padding: sample 0, whose columns are never read back)
         first = torch.cumsum(cnt, 0) - cnt
         p0, p1 = (int(v) for v in torch.searchsorted(u_all, torch.tensor([u0, u1], device=dev)))
         up, bp = u_all[p0:p1], b_all[p0:p1]
         k = torch.arange(p0, p1, device=dev) - first.index_select(0, up)
-        qu, iu = self.u_bucket.index_select(0, up), self.u_slot.index_select(0, up)
-        pair_cols = t_cols.index_select(0, qu)
-        # every bucket's [n, 1 + m_q] columns: 0 for the wild type (overwritten below), then the perturbed samples
-        # (padding: sample 0, whose columns are never read back)
-        samp = torch.zeros(int(samp_off[-1]), dtype=torch.long, device=dev)
-        samp[t_soff.index_select(0, qu) + iu * pair_cols + 1 + k] = bp
+        g_p = g_u.index_select(0, up - u0)
+        pair_cols = t_cols.index_select(0, g_p)
+        samp = torch.zeros(int((n_t * cols_t).sum()), dtype=torch.long, device=dev)
+        samp[t_soff.index_select(0, g_p) + j_u.index_select(0, up - u0) * pair_cols + 1 + k] = bp
         reads = []
-        for q, ((n, _, c), mq) in enumerate(zip(shapes, ms)):
+        for q, (n, _, c) in enumerate(shapes):
             if not c:
                 continue
-            idx = getattr(self, f"child_rows_{s}_{q}").unsqueeze(2) * B + \
-                samp[int(samp_off[q]): int(samp_off[q + 1])].view(n, 1, 1 + mq)
-            idx[:, :, 0] = wild[getattr(self, f"child_stratum_{s}_{q}")] + getattr(self, f"child_off_{s}_{q}")
-            reads.append(idx.view(-1))
-        # entries: every pair's L_u rows
-        length = self.u_width.index_select(0, up)
-        size = int(length.sum())
+            base = getattr(self, f"child_rows_{s}_{q}").index_select(0, slots[q]) * B
+            wild_q = (wild.index_select(0, getattr(self, f"child_stratum_{s}_{q}").view(-1)).view(n, c) +
+                      getattr(self, f"child_off_{s}_{q}")).index_select(0, slots[q])
+            for g in np.nonzero(tq == q)[0]:
+                a, m, cols = int(t_term[g] - bucket_first[q]), int(n_t[g]), int(cols_t[g])
+                idx = base[a:a + m].unsqueeze(2) + samp[int(t_s[g]): int(t_s[g]) + m * cols].view(m, 1, cols)
+                idx[:, :, 0] = wild_q[a:a + m]
+                reads.append(idx.view(-1))
+        compact = z_entry = None
+        if entries:  # every pair's L_u rows
+            length = self.u_width.index_select(0, up)
+            size = int(length.sum())
 
-        def spread(v: torch.Tensor) -> torch.Tensor:  # a per-pair value on each of the pair's entries
-            return torch.repeat_interleave(v, length, output_size=size)
+            def spread(v: torch.Tensor) -> torch.Tensor:  # a per-pair value on each of the pair's entries
+                return torch.repeat_interleave(v, length, output_size=size)
 
-        r = torch.arange(size, device=dev) - spread(torch.cumsum(length, 0) - length)
-        row0 = self.u_row0.index_select(0, up)
-        rows = spread(row0) + r
-        flat = rows * B + spread(bp)
-        row_q, row_l = getattr(self, f"row_bucket_{s}"), getattr(self, f"row_local_{s}")
-        z_wild = t_zoff.index_select(0, row_q) + row_l * t_cols.index_select(0, row_q)
-        z_entry = spread(z_wild.index_select(0, row0) + 1 + k) + r * spread(pair_cols)
+            r = torch.arange(size, device=dev) - spread(torch.cumsum(length, 0) - length)
+            row0 = self.u_row0.index_select(0, up)
+            rows = spread(row0) + r
+            compact = Compact(rows, rows * B + spread(bp), None, None, None, size)
+            z_entry = spread(z_wild.index_select(0, row0) + 1 + k) + r * spread(pair_cols)
+        terms = torch.stack([self.u_row0[u0:u1], self.u_bwidth[u0:u1], self.u_width[u0:u1], cnt[u0:u1],
+                             first[u0:u1] - p0, t_cols.index_select(0, g_u)])
         gene_part = None
         if genes is not None:
             w_idx, o_idx, value = genes
-            rank = torch.full((u1 - u0, B), -1, dtype=torch.long, device=dev)
+            rank = torch.full((T, B), -1, dtype=torch.long, device=dev)
             rank[up - u0, bp] = k
             g_rows = o_idx // B
-            g_term = getattr(self, f"row_term_{s}").index_select(0, g_rows)
+            g_term = row_term.index_select(0, g_rows)
             k_g = rank.view(-1).index_select(0, g_term * B + o_idx % B)
             gene_part = (w_idx, z_wild.index_select(0, g_rows) + 1 + k_g, value)
-        return StratumPairs(cols, torch.cat(reads), Compact(rows, flat, None, None, None, size), z_wild, z_entry,
-                            gene_part)
+        tiers = tuple(BucketRows(int(a), int(m), int(w)) for a, m, w in zip(t_row, n_t, w_t))
+        inverse = [inverse_permutation(v) for v in slots]
+        with_children = [q for q, (_, _, c) in enumerate(shapes) if c]
+        weight_perm = (self.weight_blocks[s], [slots[q] for q in with_children], [inverse[q] for q in with_children])
+        return StratumPairs(tuple(int(v) for v in cols_t), tiers, tuple(int(v) for v in k_t), weight_perm,
+                            (self.row_blocks[s], slots, inverse),
+                            torch.cat(reads) if reads else torch.zeros(0, dtype=torch.long, device=dev),
+                            compact, z_wild, z_entry, terms, bp, gene_part)

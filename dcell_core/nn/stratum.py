@@ -13,8 +13,10 @@ from dcell_core.nn.buckets import TermBucket
 from dcell_core.nn.common import BN_MOMENTUM, NORM_EPS, TermSizes
 from dcell_core.nn.compact import Compact
 from dcell_core.nn.native import ops
+from dcell_core.nn.perturbed import PermuteRows
 from dcell_core.nn.plan import BucketPlan
-from dcell_core.nn.stratum_ops import BucketRows, StratumLinear, TanhNorm, update_running_stats
+from dcell_core.nn.stratum_ops import (BucketRows, PairTanhNorm, StratumLinear, TanhNorm,
+                                       update_running_stats)
 
 
 class RowRead(NamedTuple):
@@ -210,15 +212,29 @@ class Stratum(nn.Module):
         e = bias.index_select(0, c.rows) + add.new_zeros(c.size).index_add(0, c.e_idx, add)
         return self.compact_finish(bias, e, c, B, act, norm_order, norm_type, training)
 
+    def pair_linear(self, parts: tuple[torch.Tensor, ...], p) -> torch.Tensor:
+        """The flat pre-activations of a stratum in perturbation form (perturbed.py; `p` its `StratumPairs`,
+        `parts` = (the read `p.read`,)): per tier [n, w, cols], the rows' wild-type and perturbed columns."""
+        weight = None if self.child_weight is None else PermuteRows.apply(self.child_weight, *p.weight_perm)
+        bias = PermuteRows.apply(self.biases[0], *p.row_perm)
+        return StratumLinear.apply(p.rows, p.cols, p.genes, p.weight_cols, None, bias, weight, parts[0], None, None,
+                                   self.gene_weight if p.genes is not None else None)
+
     def pair_output(self, parts: tuple[torch.Tensor, ...], p, B: int, act, norm_order: str, norm_type: str,
                     training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The wild-type output [R_s] and the outputs at the entries of `p.compact` of a stratum in perturbation
-        form (perturbed.py; `p` its `StratumPairs`, `parts` = (the read `p.read`,))."""
-        z = StratumLinear.apply(self.rows, p.cols, p.genes, self.weight_cols, None, self.biases[0],
-                                self.child_weight, parts[0], None, None,
-                                self.gene_weight if p.genes is not None else None)
+        form."""
+        z = self.pair_linear(parts, p)
         return self.compact_finish(z.index_select(0, p.z_wild), z.index_select(0, p.z_entry), p.compact, B, act,
                                    norm_order, norm_type, training)
+
+    def pair_tanh_norm(self, parts: tuple[torch.Tensor, ...], p, dest: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A stratum in perturbation form, tanh then batch norm in training (`PairTanhNorm`): its output written
+        into `dest` (a stand-in returned for it), its wild-type output and its heads."""
+        return PairTanhNorm.apply(self.pair_linear(parts, p), self.norm_weights[0], self.norm_biases[0],
+                                  self.running_mean_0, self.running_var_0, self.head_weight, self.head_bias,
+                                  p.terms, p.samp, p.z_wild, dest)
 
     def compact_finish(self, v0: torch.Tensor, e: torch.Tensor, c: Compact, B: int, act, norm_order: str,
                        norm_type: str, training: bool) -> tuple[torch.Tensor, torch.Tensor]:

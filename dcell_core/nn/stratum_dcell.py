@@ -60,6 +60,8 @@ SPARSE_GENE_COST = 0.25
 
 
 class StratumDCell(nn.Module):
+    pair_kernel = True  # strata in perturbation form through PairTanhNorm where it applies (False: tensor ops; A/B)
+
     def __init__(self, sizes: TermSizes, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
@@ -236,6 +238,11 @@ class StratumDCell(nn.Module):
                 for src, (a, b, _) in zip(sources, spans):
                     buf[a:b].copy_(src.reshape(b - a, B))
         norm_type, training = self.cfg.norm_type, self.training
+        # tanh then batch norm in training, on the CPU: one pass per row block (TanhNorm; strata in perturbation
+        # form: per term, PairTanhNorm)
+        tanh_norm = (training and norm_type == "batch" and self.cfg.norm_order == "act_norm" and
+                     self.cfg.activation == "tanh" and B > 1 and cpu_kernel_input(buf))
+        pair_kernel = tanh_norm and not return_states and self.cfg.subsystem_layers == 1 and self.pair_kernel
         below = None  # the stratum whose output is `sources` when its heads are computed by the next read
         for s, stratum in enumerate([*self.strata, None]):
             if stratum is None and below is None:  # the top stratum's heads are done
@@ -243,9 +250,10 @@ class StratumDCell(nn.Module):
             genes = not sparse
             layout = None
             if counts is not None and 0 < s < len(self.strata) and formed == s and \
-                    self.perturbation.takes_form(s, counts[3], B):
-                layout = self.perturbation.stratum(s, counts[:3], counts[3], B,
-                                                   None if entries[s] is None else entries[s].elements(), wild)
+                    self.perturbation.takes_form(s, counts, B):
+                layout = self.perturbation.stratum(s, counts, B,
+                                                   None if entries[s] is None else entries[s].elements(), wild,
+                                                   entries=not pair_kernel)
                 # the wild-type outputs of the stratum below are read here (column 0 of every read) and nowhere
                 # above: this read hands their gradient back with that of its dense output
                 a = int(wild[s - 1]) // B
@@ -274,7 +282,14 @@ class StratumDCell(nn.Module):
             if stratum is None:
                 break
             a, R = stratum.row_start, stratum.num_rows
-            if isinstance(entries[s], Compact) or layout is not None:  # compact form: (wild type, entries)
+            if layout is not None and pair_kernel:
+                h, v0, head = stratum.pair_tanh_norm(parts, layout, buf[a:a + R])
+                heads.append(head)
+                formed += 1
+                with torch.no_grad():
+                    buf.view(-1)[int(wild[s]): int(wild[s]) + R].copy_(v0)
+                below = None
+            elif isinstance(entries[s], Compact) or layout is not None:  # compact form: (wild type, entries)
                 c = entries[s] if layout is None else layout.compact
                 v0, e = (stratum.compact_output(c, B, self.act, self.cfg.norm_order, norm_type, training)
                          if layout is None else
@@ -296,11 +311,8 @@ class StratumDCell(nn.Module):
                 h = parts[0] if fused else stratum.first_layer(
                     parts, B, genes, None if entries[s] is None else entries[s].elements())
                 layers = self.cfg.subsystem_layers
-                # tanh then batch norm in training, on the CPU: one pass per row block; the last layer's also
-                # computes the stratum's heads and writes the output into the buffer only (`h` then stands in for
-                # its rows' gradient) unless the states are returned (stratum_ops.TanhNorm)
-                tanh_norm = (training and norm_type == "batch" and self.cfg.norm_order == "act_norm" and
-                             self.cfg.activation == "tanh" and B > 1 and cpu_kernel_input(h))
+                # the last layer's TanhNorm also computes the stratum's heads and writes the output into the buffer
+                # only (`h` then stands in for its rows' gradient) unless the states are returned
                 for k in range(layers):
                     if k:
                         h = stratum.next_layer(h, k)

@@ -225,3 +225,41 @@ class TanhNorm(torch.autograd.Function):
         needs = ctx.needs_input_grad
         head_grads = (dhead if needs[7] else None, grad_heads.sum(-1) if needs[8] else None) if heads else (None,) * 2
         return (dz, dgain if needs[1] else None, dshift if needs[2] else None, None, None, None, None, *head_grads)
+
+
+class PairTanhNorm(torch.autograd.Function):
+    """batch_norm(tanh(.)) in training of a stratum in perturbation form (perturbed.py), from its flat pre-activations
+    z (the wild type and the perturbed samples of every row, `StratumPairs`), on contiguous float32/float64 CPU
+    tensors: csrc pair_tanh_norm_forward / _backward, one task per term, its rows' statistics weighted as
+    `Stratum.compact_finish` weights them, its head summed as `Stratum.compact_heads` sums it. The dense output is
+    written into `dest` (the stratum's rows of the activation buffer) only: returns a stand-in of its shape (zeros,
+    as compact.ExpandIntoBuffer's) that carries its gradient, the wild-type output [R_s] (read by the stratum above
+    when that is in the form too) and the heads [T_s, B]. `terms` [6, T_s]: per term its first row, width (the
+    bucket's), real rows, perturbed samples m, first of them in `samp`, columns of its rows in z; `zw` [R_s]: each
+    row's wild-type column in z."""
+
+    @staticmethod
+    def forward(ctx, z, gain, shift, running_mean, running_var, head_weight, head_bias, terms, samp, zw, dest):
+        wild, mean, invstd, var, heads, t = ops().pair_tanh_norm_forward(
+            z.contiguous(), terms, samp, zw, gain.detach(), shift.detach(), head_weight.detach(), head_bias.detach(),
+            NORM_EPS, dest)
+        B = dest.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, B)
+        ctx.save_for_backward(t, mean, invstd, gain, shift, head_weight)
+        ctx.terms, ctx.samp, ctx.zw, ctx.batch = terms, samp, zw, B
+        ctx.set_materialize_grads(False)
+        return z.new_zeros(1).expand(dest.shape), wild, heads
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, grad_wild, grad_heads):
+        t, mean, invstd, gain, shift, head_weight = ctx.saved_tensors
+        if grad is None and grad_wild is None and grad_heads is None:
+            return (None,) * 11
+        dz, dgain, dshift, dhw, dhb = ops().pair_tanh_norm_backward(
+            *(None if g is None else g.contiguous() for g in (grad, grad_wild, grad_heads)), t,
+            ctx.terms, ctx.samp, ctx.zw, mean, invstd, gain.detach(), shift.detach(), head_weight.detach(),
+            ctx.batch)
+        needs = ctx.needs_input_grad
+        return (dz, dgain if needs[1] else None, dshift if needs[2] else None, None, None,
+                dhw if needs[5] else None, dhb if needs[6] else None, None, None, None, None)

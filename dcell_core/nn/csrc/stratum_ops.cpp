@@ -876,6 +876,232 @@ std::vector<at::Tensor> tanh_norm_backward(const Opt& grad, const at::Tensor& t,
   return {dz, dgain, dshift, dhead};
 }
 
+// A stratum in perturbation form (dcell_core/nn/perturbed.py), tanh then batch norm in training, per term. Term
+// i holds stratum rows row[i] .. row[i] + width[i] - 1 (one term after another from row 0), the first real[i] of
+// them real, and m[i] perturbed samples samp[first[i] .. first[i] + m[i]) (distinct). Row r's pre-activations are
+// z[zw[r]] (its wild type: every sample but those) and z[zw[r] + 1 + k] (at sample k of its term, real rows only:
+// a padding row holds the wild type everywhere). A row's batch statistics count the wild-type value once per sample
+// holding it, as batch norm of the dense row would.
+namespace {
+
+struct PairTerms {
+  const int64_t *row, *width, *real, *m, *first, *cols, *samp, *zw;
+  int64_t T, R, B, P, Z;
+  PairTerms(const at::Tensor& terms, const at::Tensor& samp_t, const at::Tensor& zw_t, int64_t rows, int64_t batch,
+            int64_t z_size) {
+    TORCH_CHECK_VALUE(terms.device().is_cpu() && terms.scalar_type() == at::kLong && terms.dim() == 2 &&
+                      terms.size(0) == 6 && terms.is_contiguous(), "pair_tanh_norm: terms must be a contiguous "
+                      "int64 CPU [6, T] tensor (row, width, real, m, first, cols), got ", terms.sizes());
+    for (const at::Tensor* t : {&samp_t, &zw_t}) {
+      TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 &&
+                        t->is_contiguous(), "pair_tanh_norm: samp and zw must be contiguous int64 CPU vectors");
+    }
+    T = terms.size(1);
+    R = rows;
+    B = batch;
+    P = samp_t.numel();
+    Z = z_size;
+    const int64_t* p = terms.data_ptr<int64_t>();
+    row = p;
+    width = p + T;
+    real = p + 2 * T;
+    m = p + 3 * T;
+    first = p + 4 * T;
+    cols = p + 5 * T;
+    samp = samp_t.data_ptr<int64_t>();
+    zw = zw_t.data_ptr<int64_t>();
+    TORCH_CHECK_VALUE(zw_t.numel() == R, "pair_tanh_norm: zw has ", zw_t.numel(), " rows, the stratum ", R);
+    for (int64_t i = 0; i < T; ++i) {
+      TORCH_CHECK_VALUE(row[i] == (i ? row[i - 1] + width[i - 1] : 0) && real[i] >= 0 && real[i] <= width[i] &&
+                        m[i] >= 0 && m[i] <= B && m[i] + 1 <= cols[i] && first[i] >= 0 && first[i] + m[i] <= P,
+                        "pair_tanh_norm: term ", i, " is inconsistent (row ", row[i], ", width ", width[i], ", real ",
+                        real[i], ", m ", m[i], ", first ", first[i], ", cols ", cols[i], ")");
+      for (int64_t k = 0; k < m[i]; ++k) {
+        int64_t b = samp[first[i] + k];
+        TORCH_CHECK_VALUE(b >= 0 && b < B, "pair_tanh_norm: term ", i, " has sample ", b, " outside [0, ", B, ")");
+      }
+      for (int64_t r = row[i]; r < row[i] + width[i]; ++r) {
+        TORCH_CHECK_VALUE(zw[r] >= 0 && zw[r] + cols[i] <= Z, "pair_tanh_norm: row ", r, "'s columns at ", zw[r],
+                          " leave z (", Z, " elements)");
+      }
+    }
+    TORCH_CHECK_VALUE(T == 0 || row[T - 1] + width[T - 1] == R, "pair_tanh_norm: the terms cover ",
+                      T ? row[T - 1] + width[T - 1] : 0, " rows of ", R);
+    int64_t columns = 0;
+    for (int64_t i = 0; i < T; ++i) columns += width[i] * cols[i];
+    TORCH_CHECK_VALUE(columns == Z, "pair_tanh_norm: the rows' columns are ", columns, " elements, z ", Z);
+  }
+  int64_t entries(int64_t i, int64_t r) const { return r - row[i] < real[i] ? m[i] : 0; }
+};
+
+template <typename T>
+DCELL_VECTOR_CLONES void fill_row(T* __restrict out, T v, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) out[c] = v;
+}
+
+}  // namespace
+
+// Forward: writes the dense output of the stratum into dest [R, B] and returns {its wild-type output [R], mean,
+// invstd, biased var [R], the heads [T, B] (head_bias + head_weight . output, per term), tanh(z) (one vectorized
+// ATen call; for backward)}.
+std::vector<at::Tensor> pair_tanh_norm_forward(const at::Tensor& z, const at::Tensor& terms, const at::Tensor& samp,
+                                               const at::Tensor& zw, const at::Tensor& gain, const at::Tensor& shift,
+                                               const at::Tensor& head_weight, const at::Tensor& head_bias,
+                                               double eps, const at::Tensor& dest) {
+  TORCH_CHECK_VALUE(z.dim() == 1 && (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble) &&
+                    z.is_contiguous() && z.device().is_cpu(), "pair_tanh_norm_forward: z must be a contiguous "
+                    "float or double CPU vector, got ", z.sizes(), " ", z.scalar_type());
+  TORCH_CHECK_VALUE(dest.dim() == 2, "pair_tanh_norm_forward: dest must be [R, B]");
+  int64_t R = dest.size(0), B = dest.size(1);
+  TORCH_CHECK_VALUE(B > 1, "pair_tanh_norm_forward: batch norm needs more than one sample per row, got ", B);
+  at::ScalarType dtype = z.scalar_type();
+  check_rows(dest, R, B, dtype, "dest");
+  check_vector(gain, R, dtype, "gain");
+  check_vector(shift, R, dtype, "shift");
+  check_vector(head_weight, R, dtype, "head_weight");
+  PairTerms pt(terms, samp, zw, R, B, z.numel());
+  check_vector(head_bias, pt.T, dtype, "head_bias");
+  at::Tensor wild = at::empty({R}, z.options()), mean = at::empty({R}, z.options());
+  at::Tensor invstd = at::empty({R}, z.options()), var = at::empty({R}, z.options());
+  at::Tensor heads = at::empty({pt.T, B}, z.options());
+  at::Tensor t = at::tanh(z);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pair_tanh_norm_forward", [&] {
+    const scalar_t *zp = t.data_ptr<scalar_t>(), *gp = gain.data_ptr<scalar_t>(), *sp = shift.data_ptr<scalar_t>();
+    const scalar_t *hw = head_weight.data_ptr<scalar_t>(), *hb = head_bias.data_ptr<scalar_t>();
+    scalar_t *dp = dest.data_ptr<scalar_t>(), *wp = wild.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>();
+    scalar_t *ip = invstd.data_ptr<scalar_t>(), *vp = var.data_ptr<scalar_t>(), *hp = heads.data_ptr<scalar_t>();
+    at::parallel_for(0, pt.T, term_grain(B), [&](int64_t i0, int64_t i1) {
+      std::vector<scalar_t> a, delta;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t* S = pt.samp + pt.first[i];
+        delta.assign(pt.m[i], scalar_t(0));
+        scalar_t head = hb[i];
+        for (int64_t r = pt.row[i]; r < pt.row[i] + pt.width[i]; ++r) {
+          int64_t mm = pt.entries(i, r);
+          const scalar_t* zr = zp + pt.zw[r];
+          a.resize(mm);
+          scalar_t a0 = zr[0], total = 0;
+          for (int64_t k = 0; k < mm; ++k) total += (a[k] = zr[1 + k]);
+          scalar_t held = scalar_t(B - mm);
+          scalar_t mu = (held * a0 + total) / scalar_t(B);
+          scalar_t squares = 0;
+          for (int64_t k = 0; k < mm; ++k) squares += (a[k] - mu) * (a[k] - mu);
+          scalar_t v = (held * (a0 - mu) * (a0 - mu) + squares) / scalar_t(B);
+          scalar_t inv = scalar_t(1) / std::sqrt(v + scalar_t(eps)), scale = inv * gp[r];
+          scalar_t o0 = (a0 - mu) * scale + sp[r];
+          mp[r] = mu;
+          ip[r] = inv;
+          vp[r] = v;
+          wp[r] = o0;
+          scalar_t* out = dp + r * B;
+          fill_row(out, o0, B);
+          head += hw[r] * o0;
+          for (int64_t k = 0; k < mm; ++k) {
+            scalar_t o = (a[k] - mu) * scale + sp[r];
+            out[S[k]] = o;
+            delta[k] += hw[r] * (o - o0);
+          }
+        }
+        scalar_t* h = hp + i * B;
+        fill_row(h, head, B);
+        for (int64_t k = 0; k < pt.m[i]; ++k) h[S[k]] += delta[k];
+      }
+    });
+  });
+  return {wild, mean, invstd, var, heads, t};
+}
+
+// Backward of pair_tanh_norm_forward (t = its tanh(z)) from the gradients of the dense output grad [R, B], of the
+// wild-type output grad_wild [R] and of the heads grad_heads [T, B] (each undefined: zero): {z's gradient (every
+// column of every row's block written, those past its entries zero), gain's, shift's, head_weight's,
+// head_bias's}. Per row, g0 = the gradient summed over the samples at the wild type (plus grad_wild), g_k at
+// entry k (each with the head's part head_weight * grad_heads), then batch norm's backward with the wild type
+// counted once per such sample, and tanh's.
+std::vector<at::Tensor> pair_tanh_norm_backward(const Opt& grad, const Opt& grad_wild, const Opt& grad_heads,
+                                                const at::Tensor& t, const at::Tensor& terms, const at::Tensor& samp,
+                                                const at::Tensor& zw, const at::Tensor& mean,
+                                                const at::Tensor& invstd, const at::Tensor& gain,
+                                                const at::Tensor& shift, const at::Tensor& head_weight, int64_t B) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble) &&
+                    t.is_contiguous() && t.device().is_cpu(), "pair_tanh_norm_backward: t must be a contiguous "
+                    "float or double CPU vector, got ", t.sizes(), " ", t.scalar_type());
+  at::ScalarType dtype = t.scalar_type();
+  int64_t R = mean.numel();
+  check_vector(mean, R, dtype, "mean");
+  check_vector(invstd, R, dtype, "invstd");
+  check_vector(gain, R, dtype, "gain");
+  check_vector(shift, R, dtype, "shift");
+  check_vector(head_weight, R, dtype, "head_weight");
+  PairTerms pt(terms, samp, zw, R, B, t.numel());
+  if (grad.has_value()) check_rows(*grad, R, B, dtype, "the gradient");
+  if (grad_wild.has_value()) check_vector(*grad_wild, R, dtype, "the wild-type gradient");
+  if (grad_heads.has_value()) check_rows(*grad_heads, pt.T, B, dtype, "the heads' gradient");
+  at::Tensor dz = at::empty({t.numel()}, t.options());
+  at::Tensor dgain = at::empty({R}, t.options()), dshift = at::empty({R}, t.options());
+  at::Tensor dhw = at::empty({R}, t.options()), dhb = at::empty({pt.T}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "pair_tanh_norm_backward", [&] {
+    const scalar_t *zp = t.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>(), *ip = invstd.data_ptr<scalar_t>();
+    const scalar_t *gp = gain.data_ptr<scalar_t>(), *sp = shift.data_ptr<scalar_t>();
+    const scalar_t* hw = head_weight.data_ptr<scalar_t>();
+    const scalar_t* G = grad.has_value() ? grad->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* GW = grad_wild.has_value() ? grad_wild->data_ptr<scalar_t>() : nullptr;
+    const scalar_t* GH = grad_heads.has_value() ? grad_heads->data_ptr<scalar_t>() : nullptr;
+    scalar_t *dzp = dz.data_ptr<scalar_t>(), *dgp = dgain.data_ptr<scalar_t>(), *dsp = dshift.data_ptr<scalar_t>();
+    scalar_t *dwp = dhw.data_ptr<scalar_t>(), *dbp = dhb.data_ptr<scalar_t>();
+    at::parallel_for(0, pt.T, term_grain(B), [&](int64_t i0, int64_t i1) {
+      std::vector<scalar_t> a, g, gh;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t* S = pt.samp + pt.first[i];
+        int64_t m = pt.m[i];
+        gh.assign(m, scalar_t(0));
+        scalar_t gh_all = 0, gh_held = 0;
+        if (GH) {
+          const scalar_t* ghr = GH + i * B;
+          gh_all = sum(ghr, B);
+          for (int64_t k = 0; k < m; ++k) gh[k] = ghr[S[k]];
+        }
+        dbp[i] = gh_all;
+        for (int64_t r = pt.row[i]; r < pt.row[i] + pt.width[i]; ++r) {
+          int64_t mm = pt.entries(i, r);
+          const scalar_t* zr = zp + pt.zw[r];
+          a.resize(mm);
+          g.resize(mm);
+          scalar_t mu = mp[r], inv = ip[r], scale = inv * gp[r];
+          scalar_t a0 = zr[0];
+          scalar_t o0 = (a0 - mu) * scale + sp[r];
+          gh_held = gh_all;
+          scalar_t g0 = G ? sum(G + r * B, B) : scalar_t(0), dh = 0;
+          for (int64_t k = 0; k < mm; ++k) {
+            a[k] = zr[1 + k];
+            scalar_t gk = G ? G[r * B + S[k]] : scalar_t(0);
+            g0 -= gk;
+            gh_held -= gh[k];
+            g[k] = gk + hw[r] * gh[k];
+            dh += ((a[k] - mu) * scale + sp[r]) * gh[k];
+          }
+          g0 += hw[r] * gh_held + (GW ? GW[r] : scalar_t(0));
+          dwp[r] = o0 * gh_held + dh;
+          scalar_t xh0 = (a0 - mu) * inv, sum_g = g0, sum_gx = g0 * xh0;
+          for (int64_t k = 0; k < mm; ++k) {
+            sum_g += g[k];
+            sum_gx += g[k] * (a[k] - mu) * inv;
+          }
+          dgp[r] = sum_gx;
+          dsp[r] = sum_g;
+          scalar_t held = scalar_t(B - mm), cg = sum_g / scalar_t(B), cx = sum_gx / scalar_t(B);
+          scalar_t* out = dzp + pt.zw[r];
+          out[0] = scale * (g0 - held * cg - held * xh0 * cx) * (scalar_t(1) - a0 * a0);
+          for (int64_t k = 0; k < mm; ++k) {
+            out[1 + k] = scale * (g[k] - cg - (a[k] - mu) * inv * cx) * (scalar_t(1) - a[k] * a[k]);
+          }
+          for (int64_t k = 1 + mm; k < pt.cols[i]; ++k) out[k] = 0;
+        }
+      }
+    });
+  });
+  return {dz, dgain, dshift, dhw, dhb};
+}
+
 // ragged_ranges (dcell_core/nn/common.py) on the CPU: the runs base[i], base[i] + stride, ..., base[i] +
 // (length[i] - 1) * stride concatenated into a fresh int64 [total]; one write per element, runs split among
 // threads (about 32 Ki elements per task).
@@ -916,6 +1142,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("read_linear_backward", &read_linear_backward);
   m.def("tanh_norm_forward", &tanh_norm_forward);
   m.def("tanh_norm_backward", &tanh_norm_backward);
+  m.def("pair_tanh_norm_forward", &pair_tanh_norm_forward);
+  m.def("pair_tanh_norm_backward", &pair_tanh_norm_backward);
 }
 
 // rows_add_ as a dispatcher op (torch.ops.dcell.rows_add_): visible to the profiler and to dispatch modes like
