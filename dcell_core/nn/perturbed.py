@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from dcell_core.nn.common import TermSizes, ragged_steps
+from dcell_core.nn.common import TermSizes, flat_add_, ragged_steps
+from dcell_core.nn.native import ops
 from dcell_core.nn.compact import Compact
 from dcell_core.nn.plan import Plan
 from dcell_core.nn.stratum_ops import BucketRows
@@ -52,8 +53,7 @@ class StratumPairs(NamedTuple):
     weight_cols: tuple[int, ...]  # per tier: its bucket's c_max
     weight_perm: tuple  # `PermuteRows` arguments (blocks, perm, inverse) of the stratum's child weight
     row_perm: tuple  # ... and of its rows (biases): per bucket its terms' slots in tier order
-    read: torch.Tensor  # flat buffer positions of the inputs: per tier with children its [n, c_max, cols]
-    # block, flattened, one tier after another (one gather and one scatter per stratum)
+    read: PairRead  # the inputs: per tier with children its [n, c_max, cols] block, one tier after another
     compact: Compact | None  # the perturbed entries: rows (stratum rows), flat (row * B + b), size
     z_wild: torch.Tensor  # [R_s] position of each row's wild-type pre-activation in the flat StratumLinear output
     # (row r's entry k, at its term's k-th perturbed sample, at z_wild[r] + 1 + k)
@@ -62,6 +62,47 @@ class StratumPairs(NamedTuple):
     # `samp`, columns (1 + the tier's most perturbed samples): the form stratum_ops.PairTanhNorm takes
     samp: torch.Tensor  # the terms' perturbed samples, term by term, ascending
     genes: tuple | None  # (gene_weight index, position there, value or None) of the gene columns, or None
+
+
+class PairRead(NamedTuple):
+    """The read of a stratum in perturbation form from the flat activation buffer [rows, B]: per tier g with
+    children (n[g] terms, c[g] input rows each, cols[g] columns) a block [n, c, cols] whose element (j, i, 0) is
+    buf[wild[e]] (term j's input row i at its wild type; e counts the input rows over the tiers, `row` and `wild`
+    [sum n * c]) and element (j, i, k) is buf[row[e], samp[soff[g] + j * cols + k]]. On the CPU in C++ (csrc
+    pair_read_*: one index per input row, not per element); elsewhere through the flat index (`index`)."""
+    row: torch.Tensor
+    wild: torch.Tensor
+    samp: torch.Tensor
+    n: list[int]
+    c: list[int]
+    cols: list[int]
+    soff: list[int]
+
+    def index(self, B: int) -> torch.Tensor:
+        """The flat buffer position of every element of the read."""
+        blocks, e = [], 0
+        for n, c, cols, soff in zip(self.n, self.c, self.cols, self.soff):
+            idx = self.row[e:e + n * c].view(n, c, 1) * B + self.samp[soff:soff + n * cols].view(n, 1, cols)
+            idx[:, :, 0] = self.wild[e:e + n * c].view(n, c)
+            blocks.append(idx.view(-1))
+            e += n * c
+        return torch.cat(blocks) if blocks else self.row.new_zeros(0)
+
+    def gather(self, buf: torch.Tensor) -> torch.Tensor:
+        if _pair_kernel(buf):
+            return ops().pair_read_forward(buf, *self)
+        return buf.view(-1).index_select(0, self.index(buf.shape[1]))
+
+    def add_back_(self, target: torch.Tensor, grad: torch.Tensor) -> None:
+        """target (the gradient buffer) at the read's positions += grad, in element order."""
+        if _pair_kernel(target) and grad.dtype == target.dtype:
+            ops().pair_read_backward_(target, grad.contiguous(), *self)
+        else:
+            flat_add_(target.view(-1), self.index(target.shape[1]), grad)
+
+
+def _pair_kernel(buf: torch.Tensor) -> bool:
+    return buf.device.type == "cpu" and buf.dtype in (torch.float32, torch.float64) and buf.is_contiguous()
 
 
 class PermuteRows(torch.autograd.Function):
@@ -239,18 +280,16 @@ class PerturbationLayout(nn.Module):
         pair_cols = t_cols.index_select(0, g_p)
         samp = torch.zeros(int((n_t * cols_t).sum()), dtype=torch.long, device=dev)
         samp[t_soff.index_select(0, g_p) + j_u.index_select(0, up - u0) * pair_cols + 1 + k] = bp
-        reads = []
+        child_rows, child_wild = [], []  # every input row of the tiers with children, in tier order
         for q, (n, _, c) in enumerate(shapes):
-            if not c:
-                continue
-            base = getattr(self, f"child_rows_{s}_{q}").index_select(0, slots[q]) * B
-            wild_q = (wild.index_select(0, getattr(self, f"child_stratum_{s}_{q}").view(-1)).view(n, c) +
-                      getattr(self, f"child_off_{s}_{q}")).index_select(0, slots[q])
-            for g in np.nonzero(tq == q)[0]:
-                a, m, cols = int(t_term[g] - bucket_first[q]), int(n_t[g]), int(cols_t[g])
-                idx = base[a:a + m].unsqueeze(2) + samp[int(t_s[g]): int(t_s[g]) + m * cols].view(m, 1, cols)
-                idx[:, :, 0] = wild_q[a:a + m]
-                reads.append(idx.view(-1))
+            if c:
+                child_rows.append(getattr(self, f"child_rows_{s}_{q}").index_select(0, slots[q]).view(-1))
+                child_wild.append((wild.index_select(0, getattr(self, f"child_stratum_{s}_{q}").view(-1)).view(n, c) +
+                                   getattr(self, f"child_off_{s}_{q}")).index_select(0, slots[q]).view(-1))
+        with_c = k_t > 0
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        read = PairRead(torch.cat(child_rows) if child_rows else empty, torch.cat(child_wild) if child_wild else empty,
+                        samp, *([int(v) for v in a[with_c]] for a in (n_t, k_t, cols_t, t_s)))
         compact = z_entry = None
         if entries:  # every pair's L_u rows
             length = self.u_width.index_select(0, up)
@@ -281,5 +320,4 @@ class PerturbationLayout(nn.Module):
         weight_perm = (self.weight_blocks[s], [slots[q] for q in with_children], [inverse[q] for q in with_children])
         return StratumPairs(tuple(int(v) for v in cols_t), tiers, tuple(int(v) for v in k_t), weight_perm,
                             (self.row_blocks[s], slots, inverse),
-                            torch.cat(reads) if reads else torch.zeros(0, dtype=torch.long, device=dev),
-                            compact, z_wild, z_entry, terms, bp, gene_part)
+                            read, compact, z_wild, z_entry, terms, bp, gene_part)

@@ -13,7 +13,6 @@ import weakref
 import torch
 from torch.autograd.function import once_differentiable
 
-from dcell_core.nn.common import flat_add_
 from dcell_core.nn.native import ops
 from dcell_core.nn.stratum import RowRead, rows_add_
 from dcell_core.nn.stratum_ops import GeneSlots, heads_backward, heads_forward, rows_lists
@@ -107,9 +106,8 @@ class BackwardState:
 class ReadStratum(torch.autograd.Function):
     """Gather the inputs of one stratum from the activation buffer, one tensor per input kind in the order of
     `gathers` (`RowRead`s, stratum.py): the children inputs of all buckets [sum n * c_max, B], the gene inputs
-    [sum n * g_max, B] (with `flat_reads`, `gathers` are index tensors of flat buffer positions instead and the
-    results are 1-D: see perturbed.py); then, when `below` (the stratum whose output is `sources[0]`) is given,
-    that stratum's heads [T, B]. The heads live here so that backward adds their input gradient in place into the
+    [sum n * g_max, B] (with `flat_reads`, `gathers` are perturbed.PairRead instead and the results are 1-D);
+    then, when `below` (the stratum whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward adds their input gradient in place into the
     shared gradient buffer before handing the rows back: the stratum output's gradient arrives whole, with no
     separate sum of two [R_s, B] gradients."""
 
@@ -122,7 +120,7 @@ class ReadStratum(torch.autograd.Function):
         ctx.gathers, ctx.state, ctx.stratum, ctx.spans, ctx.below = gathers, state, stratum, spans, below
         ctx.n_sources, ctx.flat_reads = n_sources, flat_reads
         ctx.set_materialize_grads(False)  # an input that gets no gradient adds nothing
-        out = (tuple(buf.view(-1).index_select(0, index) for index in gathers) if flat_reads
+        out = (tuple(read.gather(buf) for read in gathers) if flat_reads
                else tuple(buf.index_select(0, read.index) for read in gathers))
         if not genes_need_grad:
             ctx.mark_non_differentiable(*(o for o, is_gene in zip(out, gene_parts) if is_gene))
@@ -142,7 +140,7 @@ class ReadStratum(torch.autograd.Function):
             if state.grad_buf is None:
                 state.new_grad_buf(state.batch)
             if ctx.flat_reads:
-                flat_add_(state.grad_buf.view(-1), index, grad)
+                index.add_back_(state.grad_buf, grad)
             else:
                 rows_add_(state.grad_buf, index, grad)
         needs = ctx.needs_input_grad[10:]

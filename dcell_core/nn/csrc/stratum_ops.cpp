@@ -1102,6 +1102,104 @@ std::vector<at::Tensor> pair_tanh_norm_backward(const Opt& grad, const Opt& grad
   return {dz, dgain, dshift, dhw, dhb};
 }
 
+// The read of a stratum in perturbation form (dcell_core/nn/perturbed.py) from the flat activation buffer, per
+// tier g with children (n[g] terms, c[g] input rows each, cols[g] columns): block [n, c, cols], element (j, i, 0)
+// = buf[wild[e]] (the wild-type value of term j's input row i, e its place in one [sum n * c] order over the
+// tiers) and element (j, i, k >= 1) = buf[row[e] * batch + samp[soff[g] + j * cols + k]]. One index per input
+// row instead of one per element; backward adds the gradient back in the same element order.
+namespace {
+
+struct PairRead {
+  const int64_t *row, *wild, *samp;
+  Ints n, c, cols, soff, out;  // out: each tier's first element in the flat read
+  int64_t batch;
+  PairRead(const at::Tensor& row_t, const at::Tensor& wild_t, const at::Tensor& samp_t, const Ints& n_,
+           const Ints& c_, const Ints& cols_, const Ints& soff_, int64_t batch_, int64_t size)
+      : n(n_), c(c_), cols(cols_), soff(soff_), batch(batch_) {
+    for (const at::Tensor* t : {&row_t, &wild_t, &samp_t}) {
+      TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 &&
+                        t->is_contiguous(), "pair_read: row, wild and samp must be contiguous int64 CPU vectors");
+    }
+    TORCH_CHECK_VALUE(n.size() == c.size() && n.size() == cols.size() && n.size() == soff.size(),
+                      "pair_read: n, c, cols and soff must be as long as each other");
+    row = row_t.data_ptr<int64_t>();
+    wild = wild_t.data_ptr<int64_t>();
+    samp = samp_t.data_ptr<int64_t>();
+    int64_t rows = 0, total = 0;
+    for (size_t g = 0; g < n.size(); ++g) {
+      TORCH_CHECK_VALUE(n[g] >= 0 && c[g] > 0 && cols[g] > 0 && soff[g] >= 0 &&
+                        soff[g] + n[g] * cols[g] <= samp_t.numel(), "pair_read: tier ", g, " (n ", n[g], ", c ",
+                        c[g], ", cols ", cols[g], ", soff ", soff[g], ") leaves samp (", samp_t.numel(), ")");
+      out.push_back(total);
+      rows += n[g] * c[g];
+      total += n[g] * c[g] * cols[g];
+    }
+    out.push_back(total);
+    TORCH_CHECK_VALUE(row_t.numel() == rows && wild_t.numel() == rows, "pair_read: ", rows, " input rows in the "
+                      "tiers, row has ", row_t.numel(), ", wild ", wild_t.numel());
+    for (int64_t e = 0; e < rows; ++e) {
+      TORCH_CHECK_VALUE(row[e] >= 0 && (row[e] + 1) * batch <= size && wild[e] >= 0 && wild[e] < size,
+                        "pair_read: input row ", e, " (buffer row ", row[e], ", wild-type position ", wild[e],
+                        ") leaves the buffer (", size, " elements)");
+    }
+    for (int64_t i = 0; i < samp_t.numel(); ++i) {
+      TORCH_CHECK_VALUE(samp[i] >= 0 && samp[i] < batch, "pair_read: sample ", samp[i], " at ", i,
+                        " outside [0, ", batch, ")");
+    }
+  }
+  // f(flat read position, buffer position) for every element, tier by tier, in order
+  template <typename F>
+  void each(int64_t g, const F& f) const {
+    int64_t e = 0, o = out[g];
+    for (int64_t h = 0; h < int64_t(g); ++h) e += n[h] * c[h];
+    for (int64_t j = 0; j < n[g]; ++j) {
+      const int64_t* S = samp + soff[g] + j * cols[g];
+      for (int64_t i = 0; i < c[g]; ++i, ++e) {
+        f(o++, wild[e]);
+        int64_t base = row[e] * batch;
+        for (int64_t k = 1; k < cols[g]; ++k) f(o++, base + S[k]);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+at::Tensor pair_read_forward(const at::Tensor& buf, const at::Tensor& row, const at::Tensor& wild,
+                             const at::Tensor& samp, const Ints& n, const Ints& c, const Ints& cols, const Ints& soff) {
+  TORCH_CHECK_VALUE(buf.dim() == 2 && buf.is_contiguous() && buf.device().is_cpu() &&
+                    (buf.scalar_type() == at::kFloat || buf.scalar_type() == at::kDouble),
+                    "pair_read_forward: buf must be a contiguous float or double CPU [rows, B] tensor");
+  PairRead pr(row, wild, samp, n, c, cols, soff, buf.size(1), buf.numel());
+  at::Tensor out = at::empty({pr.out.back()}, buf.options());
+  AT_DISPATCH_FLOATING_TYPES(buf.scalar_type(), "pair_read_forward", [&] {
+    const scalar_t* bp = buf.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, int64_t(n.size()), 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) pr.each(g, [&](int64_t o, int64_t p) { op[o] = bp[p]; });
+    });
+  });
+  return out;
+}
+
+// target.view(-1)[position of read element o] += grad[o], in element order (one thread).
+void pair_read_backward_(at::Tensor& target, const at::Tensor& grad, const at::Tensor& row, const at::Tensor& wild,
+                         const at::Tensor& samp, const Ints& n, const Ints& c, const Ints& cols, const Ints& soff) {
+  TORCH_CHECK_VALUE(target.dim() == 2 && target.is_contiguous() && target.device().is_cpu() &&
+                    grad.scalar_type() == target.scalar_type() && grad.is_contiguous() && grad.dim() == 1 &&
+                    (target.scalar_type() == at::kFloat || target.scalar_type() == at::kDouble),
+                    "pair_read_backward_: target must be a contiguous float or double CPU [rows, B] tensor and grad "
+                    "a contiguous vector of its dtype");
+  PairRead pr(row, wild, samp, n, c, cols, soff, target.size(1), target.numel());
+  TORCH_CHECK_VALUE(grad.numel() == pr.out.back(), "pair_read_backward_: the gradient has ", grad.numel(),
+                    " elements, the read ", pr.out.back());
+  AT_DISPATCH_FLOATING_TYPES(target.scalar_type(), "pair_read_backward_", [&] {
+    scalar_t* tp = target.data_ptr<scalar_t>();
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    for (int64_t g = 0; g < int64_t(n.size()); ++g) pr.each(g, [&](int64_t o, int64_t p) { tp[p] += gp[o]; });
+  });
+}
+
 // ragged_ranges (dcell_core/nn/common.py) on the CPU: the runs base[i], base[i] + stride, ..., base[i] +
 // (length[i] - 1) * stride concatenated into a fresh int64 [total]; one write per element, runs split among
 // threads (about 32 Ki elements per task).
@@ -1143,6 +1241,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tanh_norm_forward", &tanh_norm_forward);
   m.def("tanh_norm_backward", &tanh_norm_backward);
   m.def("pair_tanh_norm_forward", &pair_tanh_norm_forward);
+  m.def("pair_read_forward", &pair_read_forward);
+  m.def("pair_read_backward_", &pair_read_backward_);
   m.def("pair_tanh_norm_backward", &pair_tanh_norm_backward);
 }
 
