@@ -1,7 +1,7 @@
 """Strata above 0 in perturbation form (dcell_core/nn/perturbed.py) equal the per-term oracle in float64.
 
 A stratum takes the form batch by batch (its perturbed reads at most `max_read_ratio` of the dense reads, saving
-at least `min_saved_reads`, every stratum below in the form too). These tests force the form on every eligible
+at least `min_saved_reads`, cheaper by the `read_cost` model, every stratum below in the form too). These tests force the form on every eligible
 stratum (ratio infinite), on some (a looser rule on a real sub-hierarchy) or on none, and compare outputs, loss, every
 gradient, the batch-norm running statistics and eval outputs with the oracle (`assert_equivalent`).
 """
@@ -37,6 +37,7 @@ def allow(monkeypatch, ratio: float) -> None:
     """Let strata take the form up to this read ratio, however few reads they save (these hierarchies are small)."""
     monkeypatch.setattr(PerturbationLayout, "max_read_ratio", ratio)
     monkeypatch.setattr(PerturbationLayout, "min_saved_reads", float("-inf"))
+    monkeypatch.setattr(PerturbationLayout, "read_cost", None)
 
 
 def sparse_genotypes(num_genes: int, batch: int, per_sample: int, seed: int) -> torch.Tensor:
@@ -105,6 +106,7 @@ def test_no_form_when_most_samples_perturb_most_terms(formed, monkeypatch):
 def test_no_form_when_a_stratum_saves_too_few_reads(formed, monkeypatch):
     """However sparse the batch, a stratum saving fewer than `min_saved_reads` read elements stays dense."""
     monkeypatch.setattr(PerturbationLayout, "max_read_ratio", float("inf"))
+    monkeypatch.setattr(PerturbationLayout, "read_cost", None)
     h = hand_hierarchy()
     model = build_dcell(h, ModelConfig()).double()
     model(sparse_genotypes(h.num_genes, 7, 1, seed=0))
@@ -166,9 +168,9 @@ def test_tiers_pad_each_term_less_than_its_bucket(monkeypatch):
     flat = layout.counts(*x.nonzero(as_tuple=True), B)
     split = False
     for s in range(1, len(model.strata)):
-        dense, reads = layout._reads(s, pairs, B)
-        flat_dense, flat_reads = layout._reads(s, flat, B)
-        assert dense == flat_dense and reads <= flat_reads
+        dense, reads, dense_macs, macs = layout._reads(s, pairs, B)
+        flat_dense, flat_reads, flat_dense_macs, flat_macs = layout._reads(s, flat, B)
+        assert (dense, dense_macs) == (flat_dense, flat_dense_macs) and reads <= flat_reads and macs <= flat_macs
         u0, u1 = layout.ustart[s], layout.ustart[s + 1]
         n, m = pairs.tier_n, pairs.tier_m
         b0, b1 = layout.bstart[s], layout.bstart[s + 1]
@@ -228,3 +230,27 @@ def test_pair_kernel_rejects_inconsistent_terms():
     with pytest.raises(ValueError, match="the rows' columns are 8 elements, z 9"):
         ops().pair_tanh_norm_forward(torch.zeros(9, dtype=torch.float64), terms, torch.tensor([1]),
                                      torch.tensor([0, 4]), *args, 1e-5, dest)
+
+
+def test_wide_terms_take_the_form_with_more_perturbed_samples():
+    """The cost rule: at the same padded read ratio a stratum of wide terms (many multiply-adds per read element)
+    takes the form where one of narrow terms does not; under `min_saved_reads` neither does."""
+    from dcell_core.ontology import load_named
+
+    h = load_named("yeast_go")
+    x = sparse_genotypes(h.num_genes, 256, 3, seed=0)
+    formed = {}
+    for basis in ("direct", "contained"):
+        layout = build_dcell(h, ModelConfig(width_basis=basis)).perturbation
+        pairs = layout.counts(*x.nonzero(as_tuple=True), 256)
+        formed[basis] = []
+        for s in range(1, len(layout.bucket_shapes)):
+            dense, reads, dense_macs, macs = layout._reads(s, pairs, 256)
+            takes = layout.takes_form(s, pairs, 256)
+            assert takes == (dense - reads >= layout.min_saved_reads and
+                             macs + layout.read_cost * reads <= dense_macs and reads <= dense)
+            formed[basis].append((reads / dense, takes))
+    # the contained basis forms a stratum with a higher read ratio than any the direct basis forms
+    direct_most = max(r for r, takes in formed["direct"] if takes)
+    assert any(takes and r > direct_most for r, takes in formed["contained"])
+    assert any(not takes and r < 0.5 for r, takes in formed["direct"])

@@ -3,18 +3,18 @@
 A term t is perturbed in sample b when a gene of its subtree (its own genes and those of every descendant) is
 disrupted in b. Where it is not, every input of t holds its wild-type value, so t's pre-activation is the same
 wild-type value in all those samples (batch norm then maps equal values to equal values). A stratum in
-perturbation form therefore computes, per bucket, one matmul over 1 + m_q columns instead of B: column 0 the
-wild-type input (the children's wild-type values), column 1 + k the term's k-th perturbed sample (its children
-read from the activation buffer at that sample; m_q = the most perturbed samples of any term of the bucket,
-shorter lists padded). Activation and batch norm (statistics as sums weighted by how many samples hold the
-wild-type value) run on the wild-type value plus the perturbed entries, and the output is expanded to the
-dense [R_s, B] tensor the strata above read.
+perturbation form therefore computes, per tier of a bucket, one matmul over 1 + m columns instead of B: column
+0 the wild-type input (the children's wild-type values), column 1 + k the term's k-th perturbed sample (its
+children read from the activation buffer at that sample; the bucket's terms sorted into tiers by how many
+perturbed samples they have, m = the most in the tier, shorter lists padded). Activation and batch norm
+(statistics as sums weighted by how many samples hold the wild-type value) run on the wild-type value plus the
+perturbed entries, and the output is expanded to the dense [R_s, B] tensor the strata above read (in training
+with tanh and batch norm on the CPU all in one pass per term: stratum_ops.PairTanhNorm).
 
 Exact for any genotype values. Applies on the sparse gene path with one layer and batch norm or none (the paper's
 setting), to a stratum whose strata below are all in this form (stratum 0 always is there, see
-`Stratum.compact_output`), whose perturbed reads are at most `PerturbationLayout.max_read_ratio` of the dense
-reads and save at least `min_saved_reads` elements (laying a stratum out has a fixed cost: small batches stay
-dense); the top strata, where nearly every sample perturbs nearly every term, stay dense.
+`Stratum.compact_output`) and that costs less in the form by `PerturbationLayout.takes_form`'s rule (small
+batches stay dense); the top strata, where nearly every sample perturbs nearly every term, stay dense.
 """
 from __future__ import annotations
 
@@ -136,8 +136,14 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 class PerturbationLayout(nn.Module):
     """Static tables (built once per model) and the per-batch layout of strata in perturbation form."""
 
-    max_read_ratio = 0.12  # a stratum takes the form when its padded perturbed reads are <= this x the dense reads
-    min_saved_reads = 2 ** 21  # ... and save at least this many read elements (a formed stratum's fixed cost)
+    # A stratum takes the form when its padded perturbed reads are at most `max_read_ratio` of the dense reads,
+    # save at least `min_saved_reads` elements (a formed stratum's fixed cost: small batches stay dense) and, with
+    # `read_cost`, cost less by the model: its multiply-adds plus read_cost per read element (an element gathered
+    # and added back one by one, against a whole buffer row per input row when dense) at most the dense
+    # multiply-adds. So wide terms (the contained basis) take the form with more perturbed samples than narrow ones.
+    max_read_ratio = 1.0
+    min_saved_reads = 2 ** 21
+    read_cost: float | None = 96.0
     tiers = True  # False: one tier per bucket, padded to its most perturbed term (the layout before tiers; A/B)
 
     def __init__(self, sizes: TermSizes, plan: Plan, strata: list):
@@ -222,16 +228,22 @@ class PerturbationLayout(nn.Module):
         return PerturbedPairs(u, b, cnt, key, rank, tier_n.cpu().numpy().reshape(-1, levels),
                               tier_m.cpu().numpy().reshape(-1, levels))
 
-    def _reads(self, s: int, pairs: PerturbedPairs, B: int) -> tuple[int, int]:
-        """Stratum s's (dense, perturbation-form) read elements at this batch."""
+    def _reads(self, s: int, pairs: PerturbedPairs, B: int) -> tuple[int, int, int, int]:
+        """Stratum s's read elements and first-layer multiply-adds at this batch: (dense reads, perturbation-form
+        reads, dense multiply-adds, perturbation-form multiply-adds)."""
         b0, b1 = self.bstart[s], self.bstart[s + 1]
         fan = self.bucket_fan[b0:b1, None]
+        width = np.array([w for _, w, _ in self.bucket_shapes[s]], dtype=np.int64)[:, None]
         n = pairs.tier_n[b0:b1]
-        return int((n * fan).sum()) * B, int((n * (1 + pairs.tier_m[b0:b1]) * fan).sum())
+        cols = 1 + pairs.tier_m[b0:b1]
+        return (int((n * fan).sum()) * B, int((n * cols * fan).sum()), int((n * fan * width).sum()) * B,
+                int((n * cols * fan * width).sum()))
 
     def takes_form(self, s: int, pairs: PerturbedPairs, B: int) -> bool:
-        dense, reads = self._reads(s, pairs, B)
-        return reads <= self.max_read_ratio * dense and dense - reads >= self.min_saved_reads
+        dense, reads, dense_macs, macs = self._reads(s, pairs, B)
+        if reads > self.max_read_ratio * dense or dense - reads < self.min_saved_reads:
+            return False
+        return self.read_cost is None or macs + self.read_cost * reads <= dense_macs
 
     def stratum(self, s: int, pairs: PerturbedPairs, B: int, genes: tuple | None, wild: torch.Tensor,
                 entries: bool = True) -> StratumPairs:
