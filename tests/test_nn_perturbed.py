@@ -1,9 +1,10 @@
 """Strata above 0 in perturbation form (dcell_core/nn/perturbed.py) equal the per-term oracle in float64.
 
 A stratum takes the form batch by batch (its perturbed reads at most `max_read_ratio` of the dense reads, saving
-at least `min_saved_reads`, cheaper by the `read_cost` model, every stratum below in the form too). These tests force the form on every eligible
-stratum (ratio infinite), on some (a looser rule on a real sub-hierarchy) or on none, and compare outputs, loss, every
-gradient, the batch-norm running statistics and eval outputs with the oracle (`assert_equivalent`).
+at least `min_saved_reads`, cheaper by the `read_cost` model, every stratum below in the form too). These tests
+force the form on every eligible stratum (ratio infinite, no cost model), on some (a looser rule on a real
+sub-hierarchy) or on none, and compare outputs, loss, every gradient, the batch-norm running statistics and eval
+outputs with the oracle (`assert_equivalent`).
 """
 from __future__ import annotations
 

@@ -107,9 +107,10 @@ class ReadStratum(torch.autograd.Function):
     """Gather the inputs of one stratum from the activation buffer, one tensor per input kind in the order of
     `gathers` (`RowRead`s, stratum.py): the children inputs of all buckets [sum n * c_max, B], the gene inputs
     [sum n * g_max, B] (with `flat_reads`, `gathers` are perturbed.PairRead instead and the results are 1-D);
-    then, when `below` (the stratum whose output is `sources[0]`) is given, that stratum's heads [T, B]. The heads live here so that backward adds their input gradient in place into the
-    shared gradient buffer before handing the rows back: the stratum output's gradient arrives whole, with no
-    separate sum of two [R_s, B] gradients."""
+    then, when `below` (the stratum whose output is `sources[0]`) is given, that stratum's heads [T, B]. The
+    heads live here so that backward adds their input gradient in place into the shared gradient buffer before
+    handing the rows back: the stratum output's gradient arrives whole, with no separate sum of two [R_s, B]
+    gradients."""
 
     @staticmethod
     def forward(ctx, buf, gathers, flat_reads, gene_parts, genes_need_grad, state, stratum, spans, below, n_sources,
