@@ -255,3 +255,32 @@ def test_wide_terms_take_the_form_with_more_perturbed_samples():
     direct_most = max(r for r, takes in formed["direct"] if takes)
     assert any(takes and r > direct_most for r, takes in formed["contained"])
     assert any(not takes and r < 0.5 for r, takes in formed["direct"])
+
+
+def test_pair_read_kernel_equals_the_flat_index():
+    """PairRead's C++ gather and add-back (the CPU path) equal index_select and the element-order scatter over its
+    flat index (the path of other devices and dtypes), bitwise, on a real layout with tiers."""
+    from dcell_core.nn.common import flat_add_
+    from dcell_core.ontology import load_named
+
+    h = load_named("yeast_dna_repair")
+    model = build_dcell(h, ModelConfig(width_basis="direct"))
+    B = 64
+    x = sparse_genotypes(h.num_genes, B, 2, seed=1).float()
+    layout = model.perturbation
+    pairs = layout.counts(*x.nonzero(as_tuple=True), B)
+    rows = model.buffer_rows(B)
+    wild = torch.tensor([(model.plan.num_rows + r) * B for r in model._wild_rows(B)[:-1]] + [0])
+    buf = torch.randn(rows, B, generator=torch.Generator().manual_seed(0))
+    read = layout.stratum(1, pairs, B, None, wild).read
+    assert len(read.n) > len(layout.bucket_shapes[1]) // 2 and len(set(read.cols)) > 1  # several tiers
+    index = read.index(B)
+    got = read.gather(buf)
+    assert torch.equal(got, buf.view(-1).index_select(0, index))
+    grad = torch.randn(len(index), generator=torch.Generator().manual_seed(1))
+    a, b = buf.clone(), buf.clone()
+    read.add_back_(a, grad)
+    flat_add_(b.view(-1), index, grad)
+    assert torch.equal(a, b) and not torch.equal(a, buf)
+    with pytest.raises(ValueError, match="leaves the buffer"):
+        read.gather(buf[: rows // 2])
