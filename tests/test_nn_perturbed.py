@@ -20,11 +20,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def formed(monkeypatch):
-    """The strata laid out in perturbation form, per forward call (a list per call)."""
+    """The strata above 0 laid out in perturbation form, per forward call (a list per call; stratum 0 takes the
+    layout too where PairTanhNorm computes it)."""
     calls: list[list[int]] = []
     real = PerturbationLayout.stratum
 
     def recording(self, s, *args, **kwargs):
+        if s == 0:
+            return real(self, s, *args, **kwargs)
         if s == 1:
             calls.append([])
         calls[-1].append(s)
@@ -185,9 +188,9 @@ def test_tiers_pad_each_term_less_than_its_bucket(monkeypatch):
 
 
 def test_the_pair_kernel_takes_training_with_tanh_and_batch_norm(formed, monkeypatch):
-    """In training with tanh then batch norm (the paper's setting) on the CPU, the formed strata run through
-    PairTanhNorm (its float64 equality with the oracle: the tests above); with the states returned, in eval or
-    with another activation, through tensor ops."""
+    """In training with tanh then batch norm (the paper's setting) on the CPU, stratum 0 and the formed strata run
+    through PairTanhNorm (its float64 equality with the oracle: the tests above and test_nn_equivalence's compact
+    cases); with the states returned, in eval or with another activation, through tensor ops."""
     from dcell_core.nn import stratum_ops
 
     allow(monkeypatch, float("inf"))
@@ -201,7 +204,7 @@ def test_the_pair_kernel_takes_training_with_tanh_and_batch_norm(formed, monkeyp
     monkeypatch.setattr(stratum_ops.PairTanhNorm, "forward", staticmethod(counting))
     h = hand_hierarchy()
     x = sparse_genotypes(h.num_genes, 7, 2, seed=3)
-    for cfg, states, training, expect in [({}, False, True, 3), ({}, True, True, 0), ({}, False, False, 0),
+    for cfg, states, training, expect in [({}, False, True, 4), ({}, True, True, 0), ({}, False, False, 0),
                                           (dict(activation="gelu"), False, True, 0)]:
         torch.manual_seed(0)
         model = build_dcell(h, ModelConfig(**cfg)).double().train(training)
@@ -209,7 +212,7 @@ def test_the_pair_kernel_takes_training_with_tanh_and_batch_norm(formed, monkeyp
         out = model(x, return_states=states)
         assert len(calls) == expect, (cfg, states, training)
         if expect:
-            assert calls == [len(model.strata[s].head_bias) for s in (1, 2, 3)]
+            assert calls == [len(model.strata[s].head_bias) for s in (0, 1, 2, 3)]
             total, _ = dcell_loss(out, torch.zeros(7, dtype=torch.float64), LossConfig())
             total.backward()
             assert all(p.grad is not None for p in model.strata[2].parameters())

@@ -197,19 +197,18 @@ class PerturbationLayout(nn.Module):
         self.register_buffer("u_gbucket", torch.tensor([bstart[s] + q for s in range(len(plan.strata))
                                                         for q in bucket[ustart[s]:ustart[s + 1]]], dtype=torch.long),
                              persistent=False)
-        # gene -> the positions u of the terms above stratum 0 whose subtree holds it (CSR)
+        # gene -> the positions u of the terms whose subtree holds it (CSR)
         t_idx, g_idx = np.nonzero(sizes.subtree_matrix())
         us = plan.head_order[t_idx]
-        keep = us >= ustart[1]
-        order = np.lexsort((us[keep], g_idx[keep]))
-        genes, us = g_idx[keep][order], us[keep][order]
+        order = np.lexsort((us, g_idx))
+        genes, us = g_idx[order], us[order]
         self.register_buffer("anc_ptr", torch.from_numpy(np.searchsorted(genes, np.arange(G + 1)).astype(np.int64)),
                              persistent=False)
         self.register_buffer("anc_u", torch.from_numpy(us.astype(np.int64)), persistent=False)
 
     def counts(self, b_nz: torch.Tensor, g_nz: torch.Tensor, B: int) -> PerturbedPairs:
-        """The perturbed (position u, sample b) pairs of all terms above stratum 0 and the tiers of every bucket:
-        a term with m perturbed samples is in tier m.bit_length() of its bucket."""
+        """The perturbed (position u, sample b) pairs of all terms and the tiers of every bucket: a term with m
+        perturbed samples is in tier m.bit_length() of its bucket."""
         start = self.anc_ptr[g_nz]
         src, step = ragged_steps(self.anc_ptr[g_nz + 1] - start)
         keys = torch.unique(self.anc_u[start[src] + step] * B + b_nz[src])
@@ -247,7 +246,8 @@ class PerturbationLayout(nn.Module):
 
     def stratum(self, s: int, pairs: PerturbedPairs, B: int, genes: tuple | None, wild: torch.Tensor,
                 entries: bool = True) -> StratumPairs:
-        """The layout of stratum s >= 1 for this batch. `pairs` from `counts`; `genes` the stratum's sparse gene
+        """The layout of stratum s for this batch (stratum 0: no children, its gene columns only). `pairs` from
+        `counts`; `genes` the stratum's sparse gene
         entries (gene_weight index, flat row * B + b, value or None); `wild` [S + 1] the flat buffer position of
         each stratum's wild-type values (their row j at wild[s] + j; wild[S] = 0, the zero row); `entries`: lay out
         the perturbed entries one by one (`compact`, `z_entry`; PairTanhNorm needs only `terms` and `samp`)."""

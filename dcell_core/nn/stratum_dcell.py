@@ -221,12 +221,21 @@ class StratumDCell(nn.Module):
         genes_need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
         # binary genotypes needing no gradient: gene columns computed from the nonzero entries only
         sparse = self.binary_genes and self.cfg.sparse_gene_inputs and not genes_need_grad
-        # stratum 0 (no children) computed from its few non-wild-type columns; see Stratum.compact_output
+        norm_type, training = self.cfg.norm_type, self.training
+        # tanh then batch norm in training, on the CPU: one pass per row block (TanhNorm; strata in perturbation
+        # form: per term, PairTanhNorm)
+        tanh_norm = (training and norm_type == "batch" and self.cfg.norm_order == "act_norm" and
+                     self.cfg.activation == "tanh" and B > 1 and cpu_kernel_input(buf))
+        # stratum 0 (no children) computed from its few non-wild-type columns: with PairTanhNorm laid out as a
+        # stratum in perturbation form, otherwise by tensor ops (see Stratum.compact_output)
         compact = sparse and self.perturbation is not None
+        pair_kernel = compact and tanh_norm and not return_states and self.pair_kernel
         nonzero = x.nonzero(as_tuple=True) if sparse else None
-        entries = self._sparse_entries(x, nonzero, compact) if sparse else [None] * len(self.strata)
+        entries = (self._sparse_entries(x, nonzero, compact and not pair_kernel) if sparse
+                   else [None] * len(self.strata))
         # strata above 0 in perturbation form (perturbed.py): a prefix of the strata, decided per batch
-        counts = self.perturbation.counts(*nonzero, B) if compact and len(self.strata) > 1 else None
+        counts = (self.perturbation.counts(*nonzero, B) if compact and (len(self.strata) > 1 or pair_kernel)
+                  else None)
         if counts is not None:  # flat buffer position of each stratum's wild-type outputs; the last: the zero row
             wild = torch.tensor([(self.plan.num_rows + r) * B for r in self._wild_rows(B)[:-1]] + [0],
                                 dtype=torch.long, device=x.device)
@@ -237,19 +246,15 @@ class StratumDCell(nn.Module):
             with torch.no_grad():
                 for src, (a, b, _) in zip(sources, spans):
                     buf[a:b].copy_(src.reshape(b - a, B))
-        norm_type, training = self.cfg.norm_type, self.training
-        # tanh then batch norm in training, on the CPU: one pass per row block (TanhNorm; strata in perturbation
-        # form: per term, PairTanhNorm)
-        tanh_norm = (training and norm_type == "batch" and self.cfg.norm_order == "act_norm" and
-                     self.cfg.activation == "tanh" and B > 1 and cpu_kernel_input(buf))
-        pair_kernel = tanh_norm and not return_states and self.cfg.subsystem_layers == 1 and self.pair_kernel
         below = None  # the stratum whose output is `sources` when its heads are computed by the next read
         for s, stratum in enumerate([*self.strata, None]):
             if stratum is None and below is None:  # the top stratum's heads are done
                 break
             genes = not sparse
             layout = None
-            if counts is not None and 0 < s < len(self.strata) and formed == s and \
+            if s == 0 and pair_kernel:
+                layout = self.perturbation.stratum(0, counts, B, entries[0].elements(), wild, entries=False)
+            elif counts is not None and 0 < s < len(self.strata) and formed == s and \
                     self.perturbation.takes_form(s, counts, B):
                 layout = self.perturbation.stratum(s, counts, B,
                                                    None if entries[s] is None else entries[s].elements(), wild,

@@ -970,6 +970,7 @@ std::vector<at::Tensor> pair_tanh_norm_forward(const at::Tensor& z, const at::Te
     const scalar_t *hw = head_weight.data_ptr<scalar_t>(), *hb = head_bias.data_ptr<scalar_t>();
     scalar_t *dp = dest.data_ptr<scalar_t>(), *wp = wild.data_ptr<scalar_t>(), *mp = mean.data_ptr<scalar_t>();
     scalar_t *ip = invstd.data_ptr<scalar_t>(), *vp = var.data_ptr<scalar_t>(), *hp = heads.data_ptr<scalar_t>();
+    const scalar_t inv_eps = scalar_t(1) / std::sqrt(scalar_t(eps));
     at::parallel_for(0, pt.T, term_grain(B), [&](int64_t i0, int64_t i1) {
       std::vector<scalar_t> a, delta;
       for (int64_t i = i0; i < i1; ++i) {
@@ -979,6 +980,15 @@ std::vector<at::Tensor> pair_tanh_norm_forward(const at::Tensor& z, const at::Te
         for (int64_t r = pt.row[i]; r < pt.row[i] + pt.width[i]; ++r) {
           int64_t mm = pt.entries(i, r);
           const scalar_t* zr = zp + pt.zw[r];
+          if (mm == 0) {  // every sample at the wild type: mean a0, variance 0, the output the shift
+            mp[r] = zr[0];
+            ip[r] = inv_eps;
+            vp[r] = 0;
+            wp[r] = sp[r];
+            fill_row(dp + r * B, sp[r], B);
+            head += hw[r] * sp[r];
+            continue;
+          }
           a.resize(mm);
           scalar_t a0 = zr[0], total = 0;
           for (int64_t k = 0; k < mm; ++k) total += (a[k] = zr[1 + k]);
@@ -1064,6 +1074,14 @@ std::vector<at::Tensor> pair_tanh_norm_backward(const Opt& grad, const Opt& grad
         for (int64_t r = pt.row[i]; r < pt.row[i] + pt.width[i]; ++r) {
           int64_t mm = pt.entries(i, r);
           const scalar_t* zr = zp + pt.zw[r];
+          if (mm == 0) {  // a constant row: the output is the shift, no gradient reaches z or the gain
+            scalar_t g0 = (G ? sum(G + r * B, B) : scalar_t(0)) + hw[r] * gh_all + (GW ? GW[r] : scalar_t(0));
+            dwp[r] = sp[r] * gh_all;
+            dgp[r] = 0;
+            dsp[r] = g0;
+            std::fill(dzp + pt.zw[r], dzp + pt.zw[r] + pt.cols[i], scalar_t(0));
+            continue;
+          }
           a.resize(mm);
           g.resize(mm);
           scalar_t mu = mp[r], inv = ip[r], scale = inv * gp[r];
