@@ -191,6 +191,7 @@ class PerturbationLayout(nn.Module):
                                if c] for st, shapes in zip(strata, self.bucket_shapes)]
         self.row_blocks = [[(rows.start, rows.n, rows.w) for rows in st.rows] for st in strata]
         self.bucket_fan = np.array([c for shapes in self.bucket_shapes for _, _, c in shapes], dtype=np.int64)
+        self.bucket_width = np.array([w for shapes in self.bucket_shapes for _, w, _ in shapes], dtype=np.int64)
         for name, v in (("u_bucket", bucket), ("u_slot", slot), ("u_width", width), ("u_row0", row0),
                         ("u_bwidth", b_width)):
             self.register_buffer(name, torch.tensor(v, dtype=torch.long), persistent=False)
@@ -218,9 +219,9 @@ class PerturbationLayout(nn.Module):
         levels = B.bit_length() + 1 if self.tiers else 1
         powers = torch.tensor([1 << k for k in range(levels - 1)], dtype=torch.long, device=dev)
         key = self.u_gbucket * levels + (torch.searchsorted(powers, cnt, right=True) if self.tiers else 0)
-        tiers = self.bstart[-1] * levels
-        tier_n = torch.bincount(key, minlength=tiers)
-        tier_m = torch.zeros(tiers, dtype=torch.long, device=dev).scatter_reduce_(0, key, cnt, "amax")
+        n_tiers = self.bstart[-1] * levels
+        tier_n = torch.bincount(key, minlength=n_tiers)
+        tier_m = torch.zeros(n_tiers, dtype=torch.long, device=dev).scatter_reduce_(0, key, cnt, "amax")
         place = torch.empty_like(key).index_copy_(0, torch.argsort(key, stable=True),
                                                   torch.arange(len(key), device=dev))
         rank = place - (torch.cumsum(tier_n, 0) - tier_n).index_select(0, key)
@@ -231,8 +232,7 @@ class PerturbationLayout(nn.Module):
         """Stratum s's read elements and first-layer multiply-adds at this batch: (dense reads, perturbation-form
         reads, dense multiply-adds, perturbation-form multiply-adds)."""
         b0, b1 = self.bstart[s], self.bstart[s + 1]
-        fan = self.bucket_fan[b0:b1, None]
-        width = np.array([w for _, w, _ in self.bucket_shapes[s]], dtype=np.int64)[:, None]
+        fan, width = self.bucket_fan[b0:b1, None], self.bucket_width[b0:b1, None]
         n = pairs.tier_n[b0:b1]
         cols = 1 + pairs.tier_m[b0:b1]
         return (int((n * fan).sum()) * B, int((n * cols * fan).sum()), int((n * fan * width).sum()) * B,
@@ -247,10 +247,10 @@ class PerturbationLayout(nn.Module):
     def stratum(self, s: int, pairs: PerturbedPairs, B: int, genes: tuple | None, wild: torch.Tensor,
                 entries: bool = True) -> StratumPairs:
         """The layout of stratum s for this batch (stratum 0: no children, its gene columns only). `pairs` from
-        `counts`; `genes` the stratum's sparse gene
-        entries (gene_weight index, flat row * B + b, value or None); `wild` [S + 1] the flat buffer position of
-        each stratum's wild-type values (their row j at wild[s] + j; wild[S] = 0, the zero row); `entries`: lay out
-        the perturbed entries one by one (`compact`, `z_entry`; PairTanhNorm needs only `terms` and `samp`)."""
+        `counts`; `genes` the stratum's sparse gene entries (gene_weight index, flat row * B + b, value or None);
+        `wild` [S + 1] the flat buffer position of each stratum's wild-type values (their row j at wild[s] + j;
+        wild[S] = 0, the zero row); `entries`: lay out the perturbed entries one by one (`compact`, `z_entry`;
+        PairTanhNorm needs only `terms` and `samp`)."""
         u_all, b_all, cnt = pairs.u, pairs.b, pairs.cnt
         dev = u_all.device
         shapes = self.bucket_shapes[s]
@@ -258,8 +258,7 @@ class PerturbationLayout(nn.Module):
         tn, tm = pairs.tier_n[b0:self.bstart[s + 1]], pairs.tier_m[b0:self.bstart[s + 1]]
         tq, tl = np.nonzero(tn)  # the tiers, bucket by bucket, fewest perturbed samples first
         n_t, cols_t = tn[tq, tl], 1 + tm[tq, tl]
-        w_t = np.array([shapes[q][1] for q in tq], dtype=np.int64)
-        k_t = self.bucket_fan[b0 + tq]
+        w_t, k_t = self.bucket_width[b0 + tq], self.bucket_fan[b0 + tq]
         offsets = [np.cumsum(np.concatenate([[0], v]))[:-1] for v in
                    (n_t * w_t, n_t * w_t * cols_t, n_t * cols_t, n_t)]
         t_row, t_z, t_s, t_term = offsets

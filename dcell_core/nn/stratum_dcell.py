@@ -287,25 +287,23 @@ class StratumDCell(nn.Module):
             if stratum is None:
                 break
             a, R = stratum.row_start, stratum.num_rows
-            if layout is not None and pair_kernel:
-                h, v0, head = stratum.pair_tanh_norm(parts, layout, buf[a:a + R])
+            if isinstance(entries[s], Compact) or layout is not None:  # compact form: (wild type, entries)
+                if pair_kernel:  # laid out (stratum 0 too): one pass per term, the output only in the buffer
+                    h, v0, head = stratum.pair_tanh_norm(parts, layout, buf[a:a + R])
+                else:
+                    c = entries[s] if layout is None else layout.compact
+                    v0, e = (stratum.compact_output(c, B, self.act, self.cfg.norm_order, norm_type, training)
+                             if layout is None else
+                             stratum.pair_output(parts, layout, B, self.act, self.cfg.norm_order, norm_type,
+                                                 training))
+                    head = stratum.compact_heads(v0, e, c, getattr(self.perturbation, f"row_term_{s}"), B)
+                    if return_states:
+                        h = ExpandScatter.apply(v0, e, c.rows, c.flat, B)
+                        with torch.no_grad():
+                            buf[a:a + R].copy_(h)
+                    else:  # dense only in the buffer; `h` stands in for its rows' gradient
+                        h = ExpandIntoBuffer.apply(v0, e, c.rows, c.flat, buf[a:a + R])
                 heads.append(head)
-                formed += 1
-                with torch.no_grad():
-                    buf.view(-1)[int(wild[s]): int(wild[s]) + R].copy_(v0)
-                below = None
-            elif isinstance(entries[s], Compact) or layout is not None:  # compact form: (wild type, entries)
-                c = entries[s] if layout is None else layout.compact
-                v0, e = (stratum.compact_output(c, B, self.act, self.cfg.norm_order, norm_type, training)
-                         if layout is None else
-                         stratum.pair_output(parts, layout, B, self.act, self.cfg.norm_order, norm_type, training))
-                heads.append(stratum.compact_heads(v0, e, c, getattr(self.perturbation, f"row_term_{s}"), B))
-                if return_states:
-                    h = ExpandScatter.apply(v0, e, c.rows, c.flat, B)
-                    with torch.no_grad():
-                        buf[a:a + R].copy_(h)
-                else:  # dense only in the buffer; `h` stands in for its rows' gradient
-                    h = ExpandIntoBuffer.apply(v0, e, c.rows, c.flat, buf[a:a + R])
                 if counts is not None:
                     formed += 1
                     with torch.no_grad():
