@@ -32,8 +32,9 @@ The stratum-parallel models take turns in the place right after the oracle's ste
 (`perturbation.max_read_ratio = 0`: stratum 0's compact form only, the model before that form existed), in the
 same loop; form_gain = unformed_s / fast_s (absent where the settings take the general path).
 
-Every result names its CPU: `cpu` (model name), `cpu_flags` (the vector extensions among sse4_2, avx, avx2, fma,
-f16c, avx512* and amx* in /proc/cpuinfo) and `torch_cpu_capability` (the kernels PyTorch dispatches to).
+Every result names its CPU: `cpu` (model name, family and model numbers), `cpu_flags` (the vector extensions
+among sse4_2, avx, avx2, fma, f16c, avx512* and amx* in /proc/cpuinfo) and `torch_cpu_capability` (the kernels
+PyTorch dispatches to).
 
 peak_mb: parameters + optimizer state of the stratum-parallel model plus the peak of the bytes allocated during
 one step (gradients, activations, temporaries), from the PyTorch profiler's allocation events
@@ -278,7 +279,8 @@ def _cpuinfo(key: str) -> str:
 
 
 def cpu_model() -> str:
-    return _cpuinfo("model name")
+    """The model name with its family and model numbers: VMs name several CPU generations alike ("AMD EPYC")."""
+    return f"{_cpuinfo('model name')} (family {_cpuinfo('cpu family')}, model {_cpuinfo('model')})"
 
 
 def cpu_flags() -> list[str]:

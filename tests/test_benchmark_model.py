@@ -9,11 +9,12 @@ Hand-made DAG (stratum in brackets); B has two parents and g2 sits on both A and
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
-from benchmarks.model import cpu_flags, effective_batch, paired_ratio, perturbed_counts
+from benchmarks.model import cpu_flags, cpu_model, effective_batch, paired_ratio, perturbed_counts
 from dcell_core.nn import ModelConfig, build_dcell
 from dcell_core.ontology.hierarchy import Hierarchy
 
@@ -61,6 +62,14 @@ def test_cpu_flags_are_vector_extensions():
     flags = cpu_flags()
     assert flags == sorted(flags)
     assert all(f in ("sse4_2", "avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")) for f in flags)
+
+
+def test_cpu_model_tells_generations_apart():
+    # "AMD EPYC" names Zen 4 and Zen 5 machines alike; the family and model numbers tell them apart
+    name, _, numbers = cpu_model().rpartition(" (")
+    assert name and name in open("/proc/cpuinfo").read()
+    family, model = re.fullmatch(r"family (\d+), model (\d+)\)", numbers).groups()
+    assert int(family) > 0 and int(model) >= 0
 
 
 def test_paired_ratio_divides_within_rounds():
