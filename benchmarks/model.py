@@ -268,24 +268,28 @@ def bench_basis(h: Hierarchy, basis: str, batches: list[int], repeats: int, log,
     return rows
 
 
-def _cpuinfo(key: str) -> str:
-    """The value of the first `key` line of /proc/cpuinfo."""
+def _cpuinfo(*keys: str) -> list[str]:
+    """The values of the first line of each of `keys` in /proc/cpuinfo, read in one pass."""
+    found: dict[str, str] = {}
     with open("/proc/cpuinfo") as fh:
         for line in fh:
             name, _, value = line.partition(":")
-            if name.strip() == key:
-                return value.strip()
-    raise RuntimeError(f"no {key!r} line in /proc/cpuinfo")
+            found.setdefault(name.strip(), value.strip())
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise RuntimeError(f"no {missing[0]!r} line in /proc/cpuinfo")
+    return [found[k] for k in keys]
 
 
 def cpu_model() -> str:
     """The model name with its family and model numbers: VMs name several CPU generations alike ("AMD EPYC")."""
-    return f"{_cpuinfo('model name')} (family {_cpuinfo('cpu family')}, model {_cpuinfo('model')})"
+    name, family, model = _cpuinfo("model name", "cpu family", "model")
+    return f"{name} (family {family}, model {model})"
 
 
 def cpu_flags() -> list[str]:
     """The vector extensions among /proc/cpuinfo's flags: sse4_2, avx, avx2, fma, f16c, avx512*, amx*."""
-    return sorted(f for f in _cpuinfo("flags").split()
+    return sorted(f for f in _cpuinfo("flags")[0].split()
                   if f in ("sse4_2", "avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")))
 
 

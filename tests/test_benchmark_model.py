@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ def test_cpu_flags_are_vector_extensions():
 def test_cpu_model_tells_generations_apart():
     # "AMD EPYC" names Zen 4 and Zen 5 machines alike; the family and model numbers tell them apart
     name, _, numbers = cpu_model().rpartition(" (")
-    assert name and name in open("/proc/cpuinfo").read()
+    assert name and name in Path("/proc/cpuinfo").read_text()
     family, model = re.fullmatch(r"family (\d+), model (\d+)\)", numbers).groups()
     assert int(family) > 0 and int(model) >= 0
 
